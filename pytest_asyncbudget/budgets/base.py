@@ -1,0 +1,51 @@
+"""What every budget module provides, and the verdict it hands to presentation.
+
+A budget module (``budgets/<name>.py``) is the judgment half of one budget:
+
+* ``NAME`` - the marker's name, e.g. ``"max_loop_lag"``;
+* ``marker(...)`` - a plain typed function whose signature *is* the marker's API and
+  whose docstring's first line is its help text. It returns the parsed budget, or None
+  when the test opts out;
+* ``add_options(group, parser)`` and ``default(config)`` - the ini/CLI default;
+* ``make_probe(budget, context)`` - the probe that measures it (``probes/<name>.py``);
+* ``judge(budget, measurement) -> Verdict`` - the verdict for one phase.
+
+Verdicts hold data and short, plain sentences; laying them out (failure text, summary,
+report) is :mod:`pytest_asyncbudget.present`'s job.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..culprit import Culprit
+
+__all__ = ["Finding", "Verdict"]
+
+
+@dataclass
+class Finding:
+    """One thing behind a verdict: a blocked stretch, a blocking call, a leaked task."""
+
+    #: One line, e.g. ``"loop blocked 203.4 ms (call)"``.
+    title: str
+    culprit: Culprit | None = None
+    #: Further lines shown under the title, indented.
+    details: list[str] = field(default_factory=list)
+    #: The same facts as data, for the JSON report.
+    data: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class Verdict:
+    """The outcome of one budget in one phase of one test."""
+
+    budget: str
+    phase: str
+    passed: bool
+    #: One line, e.g. ``"max_loop_lag exceeded: loop blocked 203.4 ms > budget 50 ms (call)"``.
+    headline: str
+    #: The measured value in the budget's unit (seconds, bytes, count).
+    measured: float | None = None
+    limit: float | None = None
+    findings: list[Finding] = field(default_factory=list)

@@ -1,0 +1,150 @@
+"""The session object: decides what to measure per test and runs the probes per phase.
+
+One :class:`Manager` is registered per session from ``pytest_configure``; its methods are
+the pytest hooks. Per-test state lives in ``item.stash``. Measuring is done by probes
+(:mod:`.probes`), judging by budget modules (:mod:`.budgets`), and wording by
+:mod:`.present`.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+from . import budgets
+from .budgets.base import Verdict
+from .core import LoopCore
+from .errors import PluginErrors
+from .present.failure import failure_text
+from .probes.base import ProbeContext
+from .record import PLAN, STATE, TestRecord, TestState
+from .sampler import StackSampler
+
+__all__ = ["Manager", "is_async_item"]
+
+PHASES = ("setup", "call", "teardown")
+
+
+def is_async_item(item: pytest.Item) -> bool:
+    """True for tests that run on an event loop: pytest-asyncio's and anyio's."""
+    try:
+        from pytest_asyncio import is_async_test
+    except ImportError:  # pragma: no cover - pytest-asyncio is a dependency
+        is_async_test = None
+    if is_async_test is not None and is_async_test(item):
+        return True
+    obj = getattr(item, "obj", None)
+    return (
+        item.get_closest_marker("anyio") is not None
+        and "anyio_backend" in getattr(item, "fixturenames", ())
+        and inspect.iscoroutinefunction(obj)
+    )
+
+
+class Manager:
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.errors = PluginErrors()
+        self.core = LoopCore(self.errors)
+        faulthandler_timeout = float(config.getini("faulthandler_timeout") or 0)
+        self.sampler = StackSampler(use_faulthandler=faulthandler_timeout <= 0)
+        self.defaults = budgets.defaults(config)
+        self.measure_all = any(value is not None for value in self.defaults.values())
+        self.records: list[TestRecord] = []
+
+    # -- collection: decide and validate every test's budgets before anything runs ----
+    @pytest.hookimpl(trylast=True)
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        defaults, measure_all = self.defaults, self.measure_all
+        for item in items:
+            plan = budgets.plan_for(item, defaults, is_async=is_async_item(item), measure_all=measure_all)
+            if plan is not None:
+                item.stash[PLAN] = plan
+
+    # -- running: one wrapper per phase ----------------------------------------------
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        plan = item.stash.get(PLAN, None)
+        if plan is None:
+            return (yield)
+        self.errors.failed_budgets.clear()
+        context = ProbeContext(item=item, config=self.config, sampler=self.sampler)
+        probes = []
+        for name, budget in plan.budgets.items():
+            probe = self.errors.guard(budgets.module_for(name), "make_probe", budget, context)
+            if probe is not None:
+                probes.append(probe)
+        record = TestRecord(nodeid=item.nodeid, loop=None, budgets=dict(plan.budgets))
+        item.stash[STATE] = TestState(plan=plan, probes=probes, record=record)
+        return (yield from self._phase(item, "setup"))
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        return (yield from self._phase(item, "call"))
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_teardown(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        return (yield from self._phase(item, "teardown"))
+
+    def _phase(self, item: pytest.Item, phase: str) -> Generator[None, Any, Any]:
+        state = item.stash.get(STATE, None)
+        if state is None:
+            return (yield)
+        self.core.begin_phase(state.probes, phase)
+        try:
+            return (yield)
+        finally:
+            self.core.end_phase(phase)
+            self._judge(state, phase)
+
+    def _judge(self, state: TestState, phase: str) -> None:
+        record = state.record
+        if record.loop is None and self.core.phase_loops:
+            record.loop = self.core.phase_loops[0]
+        for probe in state.probes:
+            name = probe.budget
+            if name in self.errors.failed_budgets:
+                if name not in record.not_measured:
+                    record.not_measured.append(name)
+                continue
+            measurement = self.errors.guard(probe, "measurement", phase)
+            if measurement is None:
+                continue
+            record.measurements.setdefault(name, {})[phase] = measurement
+            module = budgets.module_for(name)
+            verdict: Verdict | None = self.errors.guard(module, "judge", state.plan.budgets[name], measurement)
+            if verdict is not None:
+                record.verdicts.append(verdict)
+
+    # -- reporting: fail the phase a budget broke in ----------------------------------
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+        report: pytest.TestReport = yield
+        state = item.stash.get(STATE, None)
+        if state is None:
+            return report
+        record = state.record
+        failing = record.failed_verdicts(report.when)
+        if failing:
+            text = failure_text(failing)
+            if report.passed and not hasattr(report, "wasxfail"):
+                report.outcome = "failed"
+                report.longrepr = text
+            else:
+                report.sections.append(("asyncbudget", text))
+        if report.failed and record.outcome == "passed":
+            record.outcome = "failed" if report.when == "call" else "error"
+        elif report.skipped and report.when != "teardown":
+            record.outcome = "skipped"
+        if report.when == "teardown":
+            self.records.append(record)
+        return report
+
+    # -- end of session ---------------------------------------------------------------
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        from .present.terminal import write_summary
+
+        write_summary(terminalreporter, self)

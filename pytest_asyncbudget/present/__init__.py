@@ -1,0 +1,1 @@
+"""Presentation: failure text (:mod:`.failure`) and the terminal summary (:mod:`.terminal`)."""

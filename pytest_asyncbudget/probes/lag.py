@@ -1,0 +1,305 @@
+"""How loop lag is measured.
+
+What lag means
+--------------
+Loop lag is how long a callback that was ready to run (a due timer, a ready I/O event,
+a ``call_soon``) waited before the loop ran it: the quantity Node.js's
+``monitorEventLoopDelay`` reports. The loop can only notice new work when it goes back to
+its I/O wait, so the lag any ready callback can suffer is the length of the *busy
+stretch* between two I/O waits. One callback that holds the loop for 200 ms makes a
+200 ms stretch; so does a burst of 200,000 tiny callbacks scheduled at once. The budget
+is checked against the longest stretch of the test.
+
+How, on stock asyncio (exact)
+-----------------------------
+A selector loop calls ``self._selector.select(timeout)`` once per iteration. While a loop
+is running during a test phase, the probe puts a thin wrapper on that one selector
+*instance* (an instance attribute shadowing the method; the class is untouched). The
+wrapper reads the clock when the loop enters its wait (the stretch ends) and when it
+leaves it (the next stretch begins), and records a stretch only when it is at least the
+recording floor (1 ms, or less for smaller budgets). Per iteration that is two clock
+reads and a comparison; nothing else runs in Python per callback. The wrapper is removed
+when the loop stops and again, unconditionally, when the phase ends.
+
+How, on uvloop and other loops (within about a millisecond)
+------------------------------------------------------------
+uvloop's iteration is compiled code with no Python-visible seam, so the probe runs a
+heartbeat: a ``call_later`` callback every ``HEARTBEAT`` (1 ms) that reads the clock. A
+block of length D that starts somewhere inside one heartbeat interval delays the next
+beat, so the gap between two beats is D plus an unknown 0..1 interval. The probe reports
+``gap - HEARTBEAT/2``, which is within half an interval of D, instead of the plain timer
+delay, which would under-read by up to a whole interval. The heartbeat handle is
+cancelled when the loop stops.
+
+Naming the culprit
+------------------
+Nothing is captured on the hot path. The session's
+:class:`~pytest_asyncbudget.sampler.StackSampler` watches the tick source's
+``busy_since``; when a stretch passes the sampling threshold (half the budget) it samples
+the loop thread's stack, and the probe pins the sample to the stretch it falls in. The
+culprit is the innermost frame of that stack in the user's code.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from ..core import loop_name
+from ..culprit import Culprit, RawFrame, culprit_from
+from .base import Probe, ProbeContext
+
+__all__ = ["HEARTBEAT", "LagEvent", "LagMeasurement", "LagProbe"]
+
+_clock = time.perf_counter
+
+#: Heartbeat interval on loops without a selector seam (uvloop).
+HEARTBEAT = 0.001
+#: Stretches shorter than this are counted but not recorded one by one.
+DEFAULT_FLOOR = 0.001
+#: Sampling threshold when the test has no lag budget (measured for the summary only).
+DEFAULT_SAMPLE_THRESHOLD = 0.010
+#: How many of the longest stretches keep their details per phase.
+KEEP_EVENTS = 8
+
+OnBlocked = Callable[[float, float, "int | None"], None]
+
+
+@dataclass
+class LagEvent:
+    """One busy stretch at least as long as the recording floor."""
+
+    duration: float
+    phase: str
+    #: ``perf_counter()`` when the stretch began.
+    start: float
+    #: How many callbacks were queued when it began (stock asyncio only).
+    ready: int | None = None
+    frames: list[RawFrame] | None = field(default=None, repr=False)
+    culprit: Culprit | None = None
+
+    def __lt__(self, other: LagEvent) -> bool:  # for heapq: shortest first
+        return self.duration < other.duration
+
+
+@dataclass
+class LagMeasurement:
+    """What the lag probe measured in one phase."""
+
+    phase: str
+    loop: str | None
+    iterations: int
+    max_lag: float
+    #: 99th percentile over all iterations; iterations under the floor count as 0.
+    p99: float
+    total_blocked: float
+    #: Stretches at or over the budget (0 when there is no budget).
+    over_budget: int
+    #: The longest stretches, longest first, culprits resolved.
+    events: list[LagEvent]
+    precision: str  # "exact" (selector) or "heartbeat"
+
+
+class _SelectorTicks:
+    """Stretches of a selector loop, timed exactly around ``selector.select``."""
+
+    precision = "exact"
+
+    def __init__(self, loop: Any, floor: float, on_blocked: OnBlocked) -> None:
+        self.busy_since: float | None = _clock()
+        self.iterations = 0
+        self._selector = selector = loop._selector
+        self._ready = ready_queue = loop._ready
+        original = selector.select
+        ticks = self
+        self._ready_count: int | None = len(ready_queue)
+
+        def select(timeout: float | None = None) -> Any:
+            now = _clock()
+            since = ticks.busy_since
+            ticks.busy_since = None
+            ticks.iterations += 1
+            if since is not None and now - since >= floor:
+                on_blocked(now - since, since, ticks._ready_count)
+            try:
+                return original(timeout)
+            finally:
+                ticks._ready_count = len(ready_queue)
+                ticks.busy_since = _clock()
+
+        self._wrapper = select
+        selector.select = select  # undone in detach()
+        self._on_blocked = on_blocked
+        self._floor = floor
+
+    @staticmethod
+    def fits(loop: Any) -> bool:
+        selector = getattr(loop, "_selector", None)
+        return (
+            isinstance(loop, asyncio.BaseEventLoop)
+            and selector is not None
+            and callable(getattr(selector, "select", None))
+            and isinstance(getattr(loop, "_ready", None), deque)
+        )
+
+    def detach(self) -> None:
+        since, self.busy_since = self.busy_since, None
+        if self._selector.__dict__.get("select") is self._wrapper:
+            del self._selector.select
+        if since is not None:
+            now = _clock()
+            if now - since >= self._floor:
+                self._on_blocked(now - since, since, self._ready_count)
+
+
+class _HeartbeatTicks:
+    """Stretches of any other loop, estimated from a 1 ms heartbeat's gaps."""
+
+    precision = "heartbeat"
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, floor: float, on_blocked: OnBlocked) -> None:
+        self.busy_since: float | None = _clock()
+        self.iterations = 0
+        self._loop = loop
+        self._floor = floor
+        self._on_blocked = on_blocked
+        self._handle: asyncio.TimerHandle | None = loop.call_later(HEARTBEAT, self._beat)
+
+    def _beat(self) -> None:
+        now = _clock()
+        since = self.busy_since
+        self.busy_since = now
+        self.iterations += 1
+        if since is not None:
+            lag = now - since - HEARTBEAT / 2
+            if lag >= self._floor:
+                self._on_blocked(lag, since, None)
+        self._handle = self._loop.call_later(HEARTBEAT, self._beat)
+
+    def detach(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            handle.cancel()
+        since, self.busy_since = self.busy_since, None
+        if since is not None:
+            lag = _clock() - since - HEARTBEAT / 2
+            if lag >= self._floor:
+                self._on_blocked(lag, since, None)
+
+
+class LagProbe(Probe):
+    """Measures busy stretches of whatever loop runs, and pins stack samples to them."""
+
+    budget = "max_loop_lag"
+
+    def __init__(self, limit: float | None, context: ProbeContext) -> None:
+        self.limit = limit
+        self._sampler = context.sampler
+        if limit is not None:
+            self.floor = min(DEFAULT_FLOOR, limit)
+            self.threshold = max(limit / 2, 0.0005)
+        else:
+            self.floor = DEFAULT_FLOOR
+            self.threshold = DEFAULT_SAMPLE_THRESHOLD
+        self._interval = min(max(self.threshold / 2, 0.001), 0.010)
+        self._phase = ""
+        self._reset()
+
+    def _reset(self) -> None:
+        self._ticks: _SelectorTicks | _HeartbeatTicks | None = None
+        self._loop_name: str | None = None
+        self._precision = "exact"
+        self._iterations = 0
+        self._durations: list[float] = []
+        self._kept: list[LagEvent] = []  # min-heap of the longest stretches
+        self._samples: deque[tuple[float, list[RawFrame]]] = deque(maxlen=256)
+
+    # -- probe events ---------------------------------------------------------------
+    def phase_started(self, phase: str) -> None:
+        self._phase = phase
+        self._reset()
+
+    def loop_started(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop_name = loop_name(loop)
+        if _SelectorTicks.fits(loop):
+            self._ticks = _SelectorTicks(loop, self.floor, self._on_blocked)
+        else:
+            self._ticks = _HeartbeatTicks(loop, self.floor, self._on_blocked)
+            self._precision = "heartbeat"
+        self._ticks.on_sample = self._on_sample  # type: ignore[union-attr]
+        self._sampler.watch(self._ticks, self.threshold, self._interval)  # type: ignore[arg-type]
+
+    def loop_stopped(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._detach()
+
+    def phase_stopped(self, phase: str) -> None:
+        self._detach()
+
+    def _detach(self) -> None:
+        ticks, self._ticks = self._ticks, None
+        if ticks is not None:
+            self._sampler.unwatch()
+            ticks.detach()
+            self._iterations += ticks.iterations
+
+    # -- called from the tick source (loop thread) and the sampler (watchdog) -------
+    def _on_blocked(self, duration: float, start: float, ready: int | None) -> None:
+        self._durations.append(duration)
+        kept = self._kept
+        if len(kept) < KEEP_EVENTS or duration > kept[0].duration:
+            event = LagEvent(duration, self._phase, start, ready)
+            self._attach_sample(event)
+            if len(kept) < KEEP_EVENTS:
+                heapq.heappush(kept, event)
+            else:
+                heapq.heapreplace(kept, event)
+
+    def _on_sample(self, when: float, frames: list[RawFrame]) -> None:
+        self._samples.append((when, frames))
+
+    def _attach_sample(self, event: LagEvent) -> None:
+        end = event.start + event.duration + 0.002
+        for when, frames in self._samples:
+            if event.start <= when <= end:
+                event.frames = frames
+                return
+
+    # -- result ---------------------------------------------------------------------
+    def measurement(self, phase: str) -> LagMeasurement | None:
+        if self._loop_name is None:
+            return None  # no loop ran in this phase
+        events = sorted(self._kept, key=lambda e: e.duration, reverse=True)
+        for event in events:  # heavy work only now, and only for the few kept
+            if event.frames is None:
+                self._attach_sample(event)
+            if event.frames is not None:
+                event.culprit = culprit_from(event.frames)
+        durations = self._durations
+        iterations = max(self._iterations, len(durations))
+        return LagMeasurement(
+            phase=phase,
+            loop=self._loop_name,
+            iterations=iterations,
+            max_lag=max(durations, default=0.0),
+            p99=_percentile(durations, iterations, 0.99),
+            total_blocked=sum(durations),
+            over_budget=sum(1 for d in durations if self.limit is not None and d > self.limit),
+            events=events,
+            precision=self._precision,
+        )
+
+
+def _percentile(recorded: list[float], total: int, q: float) -> float:
+    """The q-quantile over *total* values of which only *recorded* exceed the floor."""
+    if total <= 0 or not recorded:
+        return 0.0
+    rank = int(q * total)  # how many values lie below the quantile
+    below_floor = total - len(recorded)
+    if rank < below_floor:
+        return 0.0
+    ordered = sorted(recorded)
+    return ordered[min(rank - below_floor, len(ordered) - 1)]
