@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 
 from ..units import UnitError
-from . import lag
+from . import lag, rss
 
 __all__ = ["MODULES", "Plan", "budget_error", "call_marker", "defaults", "plan_for"]
 
 #: Every budget module, in the order their verdicts are shown.
-MODULES: tuple[ModuleType, ...] = (lag,)
+MODULES: tuple[ModuleType, ...] = (lag, rss)
 
 
 @dataclass

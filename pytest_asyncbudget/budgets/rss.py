@@ -1,0 +1,157 @@
+"""Judgment for ``max_rss``: parsing the memory budget and judging peak RSS.
+
+By default the limit applies to the test's own growth: its peak RSS during setup, call
+and teardown minus its RSS when setup started. With ``absolute=True`` it applies to the
+process's peak RSS during the test. The verdict fails in the phase where the figure first
+went over the limit; later phases of the same test only note that it stayed over.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..probes.rss import RssMeasurement, RssProbe
+from ..units import format_size, parse_size
+from .base import Finding, Verdict
+
+if TYPE_CHECKING:
+    import pytest
+
+    from ..probes.base import ProbeContext
+
+NAME = "max_rss"
+INI = "asyncbudget_max_rss"
+#: Sync tests can hold memory too: this budget applies to every test.
+ASYNC_ONLY = False
+
+
+@dataclass(frozen=True)
+class RssBudget:
+    """A parsed ``max_rss`` budget."""
+
+    #: The limit in bytes.
+    limit: int
+    #: True: the limit is on the process's peak RSS; False: on the test's growth.
+    absolute: bool = False
+    #: The limit as the user wrote it, e.g. ``"100 MB"`` ("" for an int).
+    spelled: str = ""
+
+    def describe(self) -> str:
+        """The limit for people: as written, and in MiB when that differs."""
+        human = format_size(self.limit)
+        if self.spelled and self.spelled.replace(" ", "").lower() != human.replace(" ", "").lower():
+            return f"{self.spelled} ({human})"
+        return human
+
+
+def marker(limit: int | str | None, *, absolute: bool = False) -> RssBudget | None:
+    """max_rss(limit, *, absolute=False): fail if the test's peak RSS grows more than limit over its RSS at setup (e.g. "100 MB" = 10**6-based, "100 MiB" = 2**20-based, or bytes as an int); absolute=True limits the process's peak RSS instead; None turns a default off."""
+    if not isinstance(absolute, bool):
+        raise TypeError(f"absolute must be True or False, got {type(absolute).__name__} {absolute!r}")
+    if limit is None:
+        return None
+    size = parse_size(limit)
+    spelled = " ".join(limit.split()) if isinstance(limit, str) else ""
+    return RssBudget(limit=size, absolute=absolute, spelled=spelled)
+
+
+def add_options(group: pytest.OptionGroup, parser: pytest.Parser) -> None:
+    group.addoption(
+        "--asyncbudget-max-rss",
+        dest="asyncbudget_max_rss",
+        metavar="SIZE",
+        default=None,
+        help="default max_rss budget (RSS growth per test) for every test, e.g. '100 MB' or 256MiB "
+        "(overrides the ini option; None turns it off)",
+    )
+    parser.addini(INI, "default max_rss budget (RSS growth per test) for every test, e.g. 100 MB", default="")
+
+
+def default(config: pytest.Config) -> RssBudget | None:
+    """The session-wide default budget from the CLI or the ini file, or None."""
+    import pytest
+
+    value, where = config.getoption("asyncbudget_max_rss"), "--asyncbudget-max-rss"
+    if value is None:
+        value, where = config.getini(INI), INI
+    if value in ("", None) or str(value).strip().lower() == "none":
+        return None
+    try:
+        return marker(value)
+    except ValueError as exc:
+        raise pytest.UsageError(f"{where}={value!r}: {exc}") from None
+
+
+def make_probe(budget: RssBudget | None, context: ProbeContext) -> RssProbe:
+    return RssProbe(budgeted=budget is not None, context=context)
+
+
+def judge(budget: RssBudget | None, m: RssMeasurement) -> Verdict:
+    absolute = budget is not None and budget.absolute
+    value = m.peak if absolute else m.growth
+    earlier = None if m.earlier_peak is None else (m.earlier_peak if absolute else m.earlier_peak - m.baseline)
+    at_least = "" if m.exact else "at least "
+    what = f"peak RSS {at_least}{format_size(m.peak)}" if absolute else f"RSS grew {at_least}{format_size(m.growth)}"
+    where = f"({m.phase})"
+    if budget is None:
+        return Verdict(
+            budget=NAME,
+            phase=m.phase,
+            passed=True,
+            headline=f"max_rss: {what}, peak {format_size(m.peak)} {where}",
+            measured=value,
+        )
+    limit = budget.limit
+    kind = " absolute" if absolute else ""
+    if value <= limit:
+        passed, headline = True, f"max_rss ok: {what} <= budget{kind} {budget.describe()} {where}"
+    elif earlier is not None and earlier > limit:
+        # Already failed in an earlier phase of this test: say so once, not again here.
+        passed, headline = True, f"max_rss: still over budget{kind} {budget.describe()}, reported in an earlier phase {where}"
+    else:
+        passed, headline = False, f"max_rss exceeded: {what} > budget{kind} {budget.describe()} {where}"
+    findings = [] if passed else [_finding(budget, m)]
+    return Verdict(
+        budget=NAME,
+        phase=m.phase,
+        passed=passed,
+        headline=headline,
+        measured=value,
+        limit=limit,
+        findings=findings,
+    )
+
+
+def _finding(budget: RssBudget, m: RssMeasurement) -> Finding:
+    at_least = "" if m.exact else "at least "
+    title = (
+        f"peak {at_least}{format_size(m.peak)} during {m.peak_phase} = baseline {format_size(m.baseline)} "
+        f"(RSS when setup started) + growth {at_least}{format_size(m.growth)}"
+    )
+    held = m.end - m.baseline
+    if held * 2 >= m.growth:
+        details = [f"still held at the end of {m.phase}: RSS {format_size(m.end)}, {format_size(held)} over baseline"]
+    else:
+        details = [f"a spike: freed again by the end of {m.phase} (RSS back to {format_size(m.end)})"]
+    if m.exact:
+        details.append(f"exact: {m.method}")
+    else:
+        details.append(f"lower bound: {m.method}; a shorter spike can be missed")
+    details.append("RSS names no line of code; to see what allocates, run this test alone under tracemalloc or pytest-memray")
+    return Finding(
+        title=title,
+        details=details,
+        data={
+            "phase": m.phase,
+            "peak_phase": m.peak_phase,
+            "baseline_bytes": m.baseline,
+            "peak_bytes": m.peak,
+            "growth_bytes": m.growth,
+            "end_bytes": m.end,
+            "limit_bytes": budget.limit,
+            "absolute": budget.absolute,
+            "exact": m.exact,
+            "method": m.method,
+        },
+    )
