@@ -1,49 +1,338 @@
-"""The "asyncbudget" section of the terminal summary: worst offenders, plugin errors."""
+"""The "asyncbudget" section of the terminal summary.
+
+What it shows, top to bottom:
+
+* one line of totals: how many tests were measured, on which loops, how many broke a
+  budget and what the gating did with them;
+* one table per budget, worst offenders first: violations, then the tests that used the
+  largest share of their budget, then (for tests measured without a budget) the largest
+  values. Columns: status, test id, loop, measured value, budget, % of budget used,
+  culprit ``path:line``. ``--asyncbudget-summary=N`` sets the rows per table (10 by
+  default; 0 hides the whole section except plugin errors);
+* with ``--asyncbudget-baseline``, the new, grown, unchanged and fixed violations;
+* where the report was written, and any plugin error (shown even with N=0).
+
+Verbosity: ``-v`` never shortens a test id or a culprit and names the culprit's
+function; the default fits each table to the terminal width by shortening the test id
+and the culprit from the left; ``-q`` lists only the violations; ``-qq`` prints only the
+totals line.
+
+Everything is read from the plain-data test entries of :mod:`.report`, so the section is
+the same with and without pytest-xdist.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from ..units import format_duration
+import pytest
+
+from .report import describe
 
 if TYPE_CHECKING:
     from ..manager import Manager
 
+__all__ = ["DEFAULT_ROWS", "add_options", "rows_for", "summary_lines", "summary_size", "write_summary"]
 
-def _lag_rows(manager: Manager) -> list[tuple[float, str, str, str, str]]:
+#: Rows per table when ``--asyncbudget-summary`` is not given.
+DEFAULT_ROWS = 10
+_ELLIPSIS = "..."
+_STATUS = {"enforced": "FAILED", "observed": "observed", "allowed": "baseline"}
+
+
+def add_options(group: pytest.OptionGroup, parser: pytest.Parser) -> None:
+    group.addoption(
+        "--asyncbudget-summary",
+        dest="asyncbudget_summary",
+        metavar="N",
+        default=None,
+        help=f"rows per budget in the worst-offenders summary (default {DEFAULT_ROWS}; 0 hides it)",
+    )
+
+
+def summary_size(config: pytest.Config) -> int:
+    """``--asyncbudget-summary`` as a row count; a bad value is a :class:`pytest.UsageError`."""
+    raw = config.getoption("asyncbudget_summary", None)
+    if raw is None:
+        return DEFAULT_ROWS
+    try:
+        size = int(str(raw).strip())
+    except ValueError:
+        size = -1
+    if size < 0:
+        raise pytest.UsageError(f"--asyncbudget-summary={raw}: expected a whole number of rows, 0 or more")
+    return size
+
+
+# -- rows --------------------------------------------------------------------------------
+def _used(entry: dict[str, Any]) -> float | None:
+    measured, limit = entry["measured"], entry["limit"]
+    if measured is None or limit is None:
+        return None
+    if limit == 0:
+        return 0.0 if measured <= 0 else math.inf
+    return measured / limit
+
+
+def _order(test: dict[str, Any], entry: dict[str, Any]) -> tuple[int, float, str]:
+    used = _used(entry)
+    if entry["verdict"] == "failed":
+        group = 0
+    elif used is not None:
+        group = 1
+    else:
+        group = 2
+    value = used if used is not None else (entry["measured"] or 0.0)
+    return (group, -value, test["id"])
+
+
+def rows_for(budget: str, tests: Sequence[dict[str, Any]]) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """``(test, budget entry)`` pairs for one budget's table, worst first.
+
+    Violations first, then the largest share of the budget used, then (no budget) the
+    largest value. Zero values are left out unless they broke the budget.
+    """
     rows = []
-    for record in manager.records:
-        per_phase = record.measurements.get("max_loop_lag")
-        if not per_phase:
+    for test in tests:
+        entry = test["budgets"].get(budget)
+        if entry is None or entry["measured"] is None:
             continue
-        worst = max(per_phase.values(), key=lambda m: m.max_lag)
-        budget = record.budgets.get("max_loop_lag")
-        culprit = next((e.culprit for e in worst.events if e.culprit is not None), None)
-        rows.append(
-            (
-                worst.max_lag,
-                record.nodeid,
-                record.loop or "-",
-                f"{format_duration(worst.max_lag)}" + (f" / {format_duration(budget)}" if budget else ""),
-                culprit.location if culprit else "",
-            )
-        )
-    rows.sort(key=lambda row: row[0], reverse=True)
+        if entry["verdict"] != "failed" and entry["measured"] <= 0:
+            continue
+        rows.append((test, entry))
+    rows.sort(key=lambda row: _order(*row))
     return rows
 
 
+def _percent(entry: dict[str, Any]) -> str:
+    used = _used(entry)
+    if used is None:
+        return "-"
+    if math.isinf(used):
+        return ">100%"
+    return f"{used * 100:.0f}%"
+
+
+def _cells(test: dict[str, Any], entry: dict[str, Any], budget: str, verbose: bool) -> list[str]:
+    info = describe(budget)
+    culprit = entry["culprit"]
+    where = ""
+    if culprit is not None:
+        where = culprit["location"] + (f" in {culprit['function']}" if verbose else "")
+    return [
+        _STATUS.get(entry["gate"] or "", ""),
+        test["id"],
+        test["loop"] or "-",
+        info.format(entry["measured"]),
+        info.format(entry["limit"]) if entry["limit"] is not None else "-",
+        _percent(entry),
+        where,
+    ]
+
+
+_HEADERS = ["", "test", "loop", "", "budget", "used", "culprit"]
+_RIGHT = {3, 4, 5}
+_SHRINKABLE = (1, 6)  # test id and culprit, shortened from the left
+_MIN = {1: 24, 6: 12}
+
+
+def _shorten(text: str, width: int) -> str:
+    if len(text) <= width:
+        return text
+    if width <= len(_ELLIPSIS):
+        return text[-width:]
+    return _ELLIPSIS + text[-(width - len(_ELLIPSIS)) :]
+
+
+def _table(header: list[str], rows: list[list[str]], width: int | None) -> list[str]:
+    """Aligned lines; with *width*, the test and culprit columns shrink to fit it."""
+    columns = list(zip(header, *rows))
+    keep = [i for i, column in enumerate(columns) if any(column)]  # drop empty columns
+    widths = {i: max(len(cell) for cell in columns[i]) for i in keep}
+    if width is not None:
+        total = sum(widths.values()) + 2 * (len(keep) - 1) + 2
+        excess = total - width
+        for i in sorted((i for i in _SHRINKABLE if i in widths), key=lambda i: -widths[i]):
+            if excess <= 0:
+                break
+            floor = min(widths[i], _MIN[i])
+            cut = min(excess, widths[i] - floor)
+            widths[i] -= cut
+            excess -= cut
+    lines = []
+    for cells in [header, *rows]:
+        parts = []
+        for i in keep:
+            cell = _shorten(cells[i], widths[i])
+            parts.append(cell.rjust(widths[i]) if i in _RIGHT else cell.ljust(widths[i]))
+        lines.append(("  " + "  ".join(parts)).rstrip())
+    return lines
+
+
+# -- the section ---------------------------------------------------------------------------
+def _totals_line(tests: Sequence[dict[str, Any]], mode: str) -> str:
+    loops: list[str] = []
+    for test in tests:
+        if test["loop"] and test["loop"] not in loops:
+            loops.append(test["loop"])
+    entries = [(t, e) for t in tests for e in t["budgets"].values()]
+    failed = [(t, e) for t, e in entries if e["verdict"] == "failed"]
+    n_tests = len(tests)
+    text = f"{n_tests} test{'s' if n_tests != 1 else ''} measured"
+    if loops:
+        text += f" on {', '.join(loops)}"
+    if not failed:
+        return text + ": no budget violations"
+    n_failed_tests = len({t["id"] for t, _ in failed})
+    text += f": {len(failed)} budget violation{'s' if len(failed) != 1 else ''} in {n_failed_tests} test{'s' if n_failed_tests != 1 else ''}"
+    gates = [e["gate"] for _, e in failed]
+    parts = []
+    for gate, word in (("enforced", "failed"), ("observed", "observed, not enforced"), ("allowed", "allowed by the baseline")):
+        count = gates.count(gate)
+        if count:
+            parts.append(f"{count} {word}")
+    if mode == "observe":
+        return text + " (observe mode: none enforced)"
+    return text + f" ({', '.join(parts)})"
+
+
+def _budget_names(tests: Sequence[dict[str, Any]]) -> list[str]:
+    from .. import budgets
+
+    names = [module.NAME for module in budgets.MODULES]
+    for test in tests:
+        for name in test["budgets"]:
+            if name not in names:
+                names.append(name)
+    return [n for n in names if any(n in t["budgets"] for t in tests)]
+
+
+def summary_lines(
+    tests: Sequence[dict[str, Any]],
+    *,
+    size: int,
+    verbosity: int,
+    width: int,
+    mode: str = "enforce",
+    comparison: dict[str, list[dict[str, Any]]] | None = None,
+    baseline: str | None = None,
+    tolerance: float = 0.0,
+) -> list[tuple[str, str | None]]:
+    """The section's lines, each with a colour name or None (no terminal needed: testable)."""
+    out: list[tuple[str, str | None]] = [(_totals_line(tests, mode), None)]
+    if verbosity <= -2:
+        return out
+    verbose = verbosity >= 1
+    for budget in _budget_names(tests):
+        info = describe(budget)
+        rows = rows_for(budget, tests)
+        measured = sum(1 for t in tests if budget in t["budgets"])
+        if verbosity < 0:
+            rows = [row for row in rows if row[1]["verdict"] == "failed"]
+            if not rows:
+                continue
+        out.append(("", None))
+        shown = rows[:size]
+        violations = sum(1 for _, e in rows if e["verdict"] == "failed")
+        title = f"{budget}: {info.title}"
+        if not rows:
+            out.append((f"{title}: nothing above zero in {measured} test{'s' if measured != 1 else ''}", None))
+            continue
+        if verbosity < 0:
+            title += f" ({violations} over budget of {measured} measured)"
+        else:
+            title += f" (worst {len(shown)} of {measured}"
+            title += f", {violations} over budget)" if violations else ")"
+        out.append((title, None))
+        header = list(_HEADERS)
+        header[3] = info.measured
+        cells = [_cells(test, entry, budget, verbose) for test, entry in shown]
+        lines = _table(header, cells, None if verbose else width)
+        out.append((lines[0], None))
+        for line, (_, entry) in zip(lines[1:], shown):
+            colour = {"enforced": "red", "observed": "yellow", "allowed": "yellow"}.get(entry["gate"] or "")
+            out.append((line, colour))
+        hidden = len(rows) - len(shown)
+        if hidden > 0 and verbosity >= 0:
+            more = sum(1 for _, e in rows[size:] if e["verdict"] == "failed")
+            extra = f" ({more} over budget)" if more else ""
+            out.append((f"  ... {hidden} more{extra}; --asyncbudget-summary=N shows more rows", None))
+    if comparison is not None:
+        out.extend(_baseline_lines(comparison, baseline, tolerance, size, verbosity))
+    return out
+
+
+def _baseline_lines(
+    comparison: dict[str, list[dict[str, Any]]], path: str | None, tolerance: float, size: int, verbosity: int
+) -> list[tuple[str, str | None]]:
+    counts = ", ".join(f"{len(comparison[s])} {s}" for s in ("new", "grown", "unchanged", "fixed"))
+    out: list[tuple[str, str | None]] = [("", None), (f"baseline {path} (tolerance {tolerance * 100:g}%): {counts}", None)]
+    colours = {"new": "red", "grown": "red", "unchanged": None, "fixed": "green"}
+    for status in ("new", "grown", "unchanged", "fixed"):
+        items = sorted(comparison[status], key=lambda i: (i["id"], i["budget"]))
+        if verbosity < 0 and status in ("unchanged", "fixed"):
+            continue
+        rows = []
+        for item in items[:size]:
+            info = describe(item["budget"])
+            now = info.format(item["measured"]) if item["measured"] is not None else "-"
+            before = item["baseline_measured"]
+            was = "" if status == "new" else f"was {info.format(before)}" if before is not None else "was ?"
+            rows.append([status, item["id"], item["budget"], now, was])
+        for row in rows:
+            out.append(("  " + "  ".join(cell for cell in row if cell), colours[status]))
+        if len(items) > size:
+            out.append((f"  ... {len(items) - size} more {status}", None))
+    return out
+
+
+def _width(tr: Any) -> int:
+    tw = getattr(tr, "_tw", None)
+    width = getattr(tw, "fullwidth", None)
+    if not isinstance(width, int) or width <= 0:
+        import shutil
+
+        width = shutil.get_terminal_size().columns
+    return width
+
+
 def write_summary(tr: Any, manager: Manager) -> None:
-    rows = _lag_rows(manager)
-    errors = manager.errors.reported
+    """The section at the end of the session (not on xdist workers)."""
+    results = manager.results
+    if results.is_worker:
+        return
+    errors = list(manager.errors.reported)
     if manager.sampler.error:
-        errors = [*errors, ("stack sampler", manager.sampler.error)]
-    if not rows and not errors:
+        errors.append(("stack sampler", manager.sampler.error))
+    size = manager.summary_size
+    tests = results.tests() if size > 0 else []
+    gate = manager.gate
+    show = size > 0 and (tests or gate.baseline_path is not None or results.written or results.write_error)
+    if not show and not errors and not results.write_error:
         return
     tr.write_sep("=", "asyncbudget")
-    if rows:
-        tr.write_line("max_loop_lag: worst offenders")
-        for _, nodeid, loop, value, culprit in rows[:10]:
-            tr.write_line(f"  {value:>22}  {loop:<8} {nodeid}  {culprit}")
+    if show:
+        comparison = gate.compare(tests) if gate.baseline_path is not None else None
+        verbosity = tr.config.get_verbosity() if hasattr(tr.config, "get_verbosity") else tr.config.option.verbose
+        lines = summary_lines(
+            tests,
+            size=size,
+            verbosity=verbosity,
+            width=_width(tr),
+            mode=gate.mode,
+            comparison=comparison,
+            baseline=gate.baseline_path,
+            tolerance=gate.tolerance,
+        )
+        for text, colour in lines:
+            tr.write_line(text, **({colour: True} if colour else {}))
+        if results.written:
+            tr.write_line("")
+            tr.write_line(f"report written to {results.written}")
+    if results.write_error:
+        tr.write_line(f"asyncbudget report: {results.write_error}", red=True)
     for where, text in errors:
         tr.write_line(f"pytest-asyncbudget internal error in {where} (budget skipped, test result untouched):", red=True)
         tr.write_line(text.rstrip())

@@ -1,0 +1,469 @@
+"""Test records as data: the ``--asyncbudget-report`` JSON file, JUnit properties, xdist.
+
+Every consumer of results past the test itself (the terminal summary, the JSON report,
+the baseline comparison, ``--junitxml`` properties, the xdist controller) reads the same
+plain-data form of a test: :func:`test_entry` turns a :class:`~..record.TestRecord` into
+it. Under pytest-xdist, each worker serializes that entry onto the test's teardown report
+(an extra report attribute, which pytest's own report serialization carries to the
+controller); the controller's :meth:`Results.collect` picks it up. Without xdist the
+records are turned into entries at the end of the session. Both paths produce the same
+entries, keyed by test id, so a test appears exactly once whichever way it ran.
+
+The report's layout is versioned (``"schema": "asyncbudget-report/1"``) and described by
+the JSON Schema shipped next to this package, ``report-schema.json``.
+
+Measurements are converted generically (:func:`to_data`): a dataclass becomes an object
+of its fields, except fields declared with ``repr=False`` (raw stacks and other bulky
+internals); a :class:`~..culprit.Culprit` becomes its ``as_dict()``; non-finite floats
+become null. A new budget's measurements appear in the report without code here; its
+unit and formatting for the summary come from :data:`DESCRIPTIONS`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import os
+import platform
+import tempfile
+import traceback
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pytest
+
+from ..budgets.base import Verdict
+from ..culprit import Culprit
+from ..units import format_duration, format_size
+
+if TYPE_CHECKING:
+    from ..errors import PluginErrors
+    from ..gating import Gate
+    from ..record import TestRecord
+
+__all__ = [
+    "DESCRIPTIONS",
+    "SCHEMA",
+    "BudgetInfo",
+    "Results",
+    "add_options",
+    "build_report",
+    "check_report_path",
+    "describe",
+    "environment",
+    "junit_properties",
+    "schema_path",
+    "test_entry",
+    "to_data",
+]
+
+SCHEMA = "asyncbudget-report/1"
+#: The attribute a worker's teardown report carries its test entry in (a JSON string).
+_REPORT_ATTR = "asyncbudget_entry"
+#: Reports of up to this many tests are indented for people; larger ones are compact.
+_INDENTED_UP_TO = 2000
+
+
+def schema_path() -> str:
+    """Where the report's JSON Schema is installed."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "report-schema.json")
+
+
+# -- how each budget's numbers read ------------------------------------------------------
+def _count(value: float) -> str:
+    return f"{value:g}"
+
+
+@dataclass(frozen=True)
+class BudgetInfo:
+    """How one budget's measured value reads in the summary and the report."""
+
+    #: The summary table's title, e.g. ``"loop lag"``.
+    title: str
+    #: The measured column's header, e.g. ``"max lag"``.
+    measured: str
+    #: The unit of ``measured`` and ``limit`` in the report: ``s``, ``bytes``, ``count``.
+    unit: str
+    format: Callable[[float], str]
+
+
+#: One entry per budget; a budget without one is shown with plain numbers.
+DESCRIPTIONS: dict[str, BudgetInfo] = {
+    "max_loop_lag": BudgetInfo("longest loop block", "max lag", "s", format_duration),
+    "no_blocking": BudgetInfo("blocking calls on the loop", "blocked", "s", format_duration),
+    "no_leaked_tasks": BudgetInfo("leaked tasks", "leaked", "count", _count),
+    "max_rss": BudgetInfo("RSS growth", "measured", "bytes", format_size),
+}
+
+
+def describe(budget: str) -> BudgetInfo:
+    return DESCRIPTIONS.get(budget) or BudgetInfo(budget, "measured", "", _count)
+
+
+# -- options and the report path ---------------------------------------------------------
+def add_options(group: pytest.OptionGroup, parser: pytest.Parser) -> None:
+    group.addoption(
+        "--asyncbudget-report",
+        dest="asyncbudget_report",
+        metavar="PATH",
+        default=None,
+        help="write every measured test's budgets, measurements and culprits to PATH as JSON "
+        f"(schema {SCHEMA}); turns on measuring every async test",
+    )
+
+
+def check_report_path(path: str) -> str:
+    """The absolute report path, or a :class:`pytest.UsageError` if it cannot be written.
+
+    Checked at startup so a long run does not end without its report: the directory is
+    created if needed and a file is opened for appending there (and removed again if it
+    did not exist before).
+    """
+    where = f"--asyncbudget-report={path}"
+    full = os.path.abspath(os.path.expanduser(path))
+    if os.path.isdir(full):
+        raise pytest.UsageError(f"{where}: is a directory; give a file name such as {os.path.join(path, 'asyncbudget.json')}")
+    directory = os.path.dirname(full)
+    existed = os.path.exists(full)
+    try:
+        os.makedirs(directory, exist_ok=True)
+        with open(full, "a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        raise pytest.UsageError(f"{where}: cannot write the report there: {exc.strerror or exc}") from None
+    if not existed:
+        try:
+            os.unlink(full)
+        except OSError:  # pragma: no cover - we just created it; leave it, it is rewritten at the end
+            pass
+    return full
+
+
+# -- plain data ----------------------------------------------------------------------------
+def to_data(obj: Any, _depth: int = 0) -> Any:
+    """*obj* as JSON-ready data (see the module docstring for the rules)."""
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if _depth > 12:
+        return repr(obj)
+    if isinstance(obj, Culprit):
+        return obj.as_dict()
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_data(getattr(obj, f.name), _depth + 1) for f in dataclasses.fields(obj) if f.repr}
+    if isinstance(obj, Mapping):
+        return {str(k): to_data(v, _depth + 1) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_data(v, _depth + 1) for v in obj]
+    if isinstance(obj, (set, frozenset)):
+        return sorted((to_data(v, _depth + 1) for v in obj), key=repr)
+    if isinstance(obj, datetime.timedelta):
+        return obj.total_seconds()
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", "replace")
+    return repr(obj)
+
+
+def _number(value: Any) -> float | None:
+    """A finite int or float as it is (bytes stay whole), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _worst(verdicts: list[Verdict]) -> Verdict:
+    """The verdict that stands for the budget: a failing one first, then the largest value."""
+    return max(verdicts, key=lambda v: (not v.passed, _number(v.measured) if _number(v.measured) is not None else -math.inf))
+
+
+def _finding_data(finding: Any) -> dict[str, Any]:
+    return {
+        "title": finding.title,
+        "culprit": finding.culprit.as_dict() if finding.culprit is not None else None,
+        "details": list(finding.details),
+        "data": to_data(finding.data),
+    }
+
+
+def _budget_entry(record: TestRecord, name: str, verdicts: list[Verdict], gate: Gate) -> dict[str, Any]:
+    info = describe(name)
+    budget = record.budgets.get(name)
+    phases: dict[str, Any] = {}
+    for verdict in verdicts:
+        measurement = record.measurements.get(name, {}).get(verdict.phase)
+        phases[verdict.phase] = {
+            "verdict": "measured" if budget is None else ("passed" if verdict.passed else "failed"),
+            "measured": _number(verdict.measured),
+            "limit": _number(verdict.limit),
+            "headline": verdict.headline,
+            "findings": [_finding_data(f) for f in verdict.findings],
+            "measurement": to_data(measurement),
+        }
+    if verdicts:
+        worst = _worst(verdicts)
+        measured, limit, phase = _number(worst.measured), _number(worst.limit), worst.phase
+        culprit = next((f.culprit for f in worst.findings if f.culprit is not None), None)
+        if not worst.passed:
+            verdict_word = "failed"
+        elif name in record.not_measured:
+            verdict_word = "not_measured"
+        else:
+            verdict_word = "measured" if budget is None else "passed"
+    else:
+        measured = limit = phase = culprit = None
+        verdict_word = "not_measured"
+    if limit is None and budget is not None:
+        limit = _number(budget) if _number(budget) is not None else _number(getattr(budget, "limit", None))
+    used = measured / limit if measured is not None and limit else None
+    return {
+        "unit": info.unit,
+        "budget": to_data(budget),
+        "limit": limit,
+        "measured": measured,
+        "used": used,
+        "verdict": verdict_word,
+        "phase": phase,
+        "culprit": culprit.as_dict() if culprit is not None else None,
+        "gate": gate.gate_of(record.nodeid, name, measured) if verdict_word == "failed" else None,
+        "baseline": gate.baseline_status(record.nodeid, name, verdict_word, measured),
+        "phases": phases,
+    }
+
+
+def test_entry(record: TestRecord, gate: Gate) -> dict[str, Any]:
+    """One test as plain data: the form the summary, the report and xdist share."""
+    by_budget: dict[str, list[Verdict]] = {name: [] for name in record.budgets}
+    for verdict in record.verdicts:
+        by_budget.setdefault(verdict.budget, []).append(verdict)
+    budgets = {}
+    for name, verdicts in by_budget.items():
+        if verdicts or name in record.not_measured:
+            budgets[name] = _budget_entry(record, name, verdicts, gate)
+    return {"id": record.nodeid, "loop": record.loop, "outcome": record.outcome, "budgets": budgets}
+
+
+# -- JUnit XML -----------------------------------------------------------------------------
+def _prop(value: float | None) -> str:
+    return "" if value is None else format(value, ".6g")
+
+
+def junit_properties(entry: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """``record_property``-style (name, value) pairs for one test entry."""
+    props = [("asyncbudget.loop", entry["loop"] or "")]
+    for name, budget in entry["budgets"].items():
+        prefix = f"asyncbudget.{name}"
+        props.append((f"{prefix}.verdict", budget["verdict"]))
+        props.append((f"{prefix}.measured", _prop(budget["measured"])))
+        if budget["limit"] is not None:
+            props.append((f"{prefix}.limit", _prop(budget["limit"])))
+        if budget["unit"]:
+            props.append((f"{prefix}.unit", budget["unit"]))
+        if budget["culprit"] is not None:
+            props.append((f"{prefix}.culprit", budget["culprit"]["location"]))
+        if budget["gate"] is not None:
+            props.append((f"{prefix}.gate", budget["gate"]))
+        if budget["baseline"] is not None:
+            props.append((f"{prefix}.baseline", budget["baseline"]))
+    return props
+
+
+# -- the run -------------------------------------------------------------------------------
+def _version(distribution: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(config: pytest.Config, loops: list[str]) -> dict[str, Any]:
+    from .. import __version__
+
+    workers = getattr(config.option, "numprocesses", None)
+    return {
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "platform": platform.platform(),
+        "pytest": pytest.__version__,
+        "pytest_asyncio": _version("pytest-asyncio"),
+        "uvloop": _version("uvloop"),
+        "pytest_xdist": _version("pytest-xdist"),
+        "asyncbudget": __version__,
+        "xdist_workers": workers if isinstance(workers, int) and workers > 0 else None,
+        "loops": loops,
+    }
+
+
+def _outcome_counts(config: pytest.Config) -> dict[str, int] | None:
+    """Every test's outcome in the session, measured or not, as the terminal counts them."""
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    stats = getattr(reporter, "stats", None)
+    if stats is None:
+        return None
+    return {key: len(stats.get(key, ())) for key in ("passed", "failed", "error", "skipped", "xfailed", "xpassed")}
+
+
+def totals(tests: list[dict[str, Any]]) -> dict[str, int]:
+    violations = [(t, b) for t in tests for b in t["budgets"].values() if b["verdict"] == "failed"]
+    return {
+        "tests_measured": len(tests),
+        "violations": len(violations),
+        "tests_with_violations": len({t["id"] for t, _ in violations}),
+        "violations_enforced": sum(1 for _, b in violations if b["gate"] == "enforced"),
+        "violations_observed": sum(1 for _, b in violations if b["gate"] == "observed"),
+        "violations_allowed": sum(1 for _, b in violations if b["gate"] == "allowed"),
+        "not_measured": sum(1 for t in tests for b in t["budgets"].values() if b["verdict"] == "not_measured"),
+    }
+
+
+def build_report(
+    config: pytest.Config,
+    gate: Gate,
+    tests: list[dict[str, Any]],
+    errors: Iterable[tuple[str, str]],
+    exitstatus: int | None,
+    defaults: Mapping[str, Any],
+) -> dict[str, Any]:
+    loops: list[str] = []
+    for test in tests:
+        if test["loop"] and test["loop"] not in loops:
+            loops.append(test["loop"])
+    comparison = None
+    if gate.baseline_path is not None:
+        comparison = {"path": gate.baseline_path, "tolerance": gate.tolerance, **gate.compare(tests)}
+    return {
+        "schema": SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "environment": environment(config, loops),
+        "settings": {
+            "mode": gate.mode,
+            "baseline": gate.baseline_path,
+            "baseline_tolerance": gate.tolerance,
+            "defaults": {name: to_data(value) for name, value in defaults.items()},
+        },
+        "exitstatus": int(exitstatus) if exitstatus is not None else None,
+        "outcomes": _outcome_counts(config),
+        "totals": totals(tests),
+        "baseline": comparison,
+        "plugin_errors": [{"where": where, "traceback": text} for where, text in errors],
+        "tests": tests,
+    }
+
+
+def _write_json(path: str, document: Mapping[str, Any]) -> None:
+    """Write atomically: a reader never sees half a report."""
+    directory = os.path.dirname(path)
+    fd, tmp = tempfile.mkstemp(prefix=".asyncbudget-", suffix=".json", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            indent = 2 if len(document.get("tests", ())) <= _INDENTED_UP_TO else None
+            json.dump(document, file, indent=indent, allow_nan=False)
+            file.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class Results:
+    """Collects every test's entry once, on the process that prints and writes them.
+
+    Created by the manager at ``pytest_configure``. ``test_finished`` runs in the
+    process that ran the test (an xdist worker or the only process), ``collect`` in the
+    one that receives its reports (the xdist controller or the only process).
+    """
+
+    def __init__(self, config: pytest.Config, gate: Gate, errors: PluginErrors) -> None:
+        self.config = config
+        self.gate = gate
+        self.errors = errors
+        self.is_worker = hasattr(config, "workerinput")
+        path = config.getoption("asyncbudget_report", None)
+        self.report_path: str | None = None
+        if path and not self.is_worker:
+            self.report_path = check_report_path(path)
+        #: True when some process will use the entries (the report is on, in any process).
+        self.report_on = bool(path)
+        self.junit = bool(getattr(config.option, "xmlpath", None))
+        self.write_error: str | None = None
+        self.written: str | None = None
+        self._records: dict[str, TestRecord] = {}
+        self._entries: dict[str, dict[str, Any]] = {}  # from xdist workers
+        self._remote_errors: list[tuple[str, str]] = []
+        self._sent_errors = 0
+        self._tests: list[dict[str, Any]] | None = None
+
+    # -- where the test ran ------------------------------------------------------------
+    def test_finished(self, item: pytest.Item, report: pytest.TestReport, record: TestRecord) -> None:
+        """At the teardown report: keep the record; add JUnit properties; ship it from a worker."""
+        self._records[record.nodeid] = record
+        self._tests = None
+        if not (self.junit or self.is_worker):
+            return
+        try:
+            entry = test_entry(record, self.gate)
+            if self.junit:
+                props = junit_properties(entry)
+                item.user_properties.extend(props)
+                report.user_properties.extend(props)
+            if self.is_worker:
+                payload: dict[str, Any] = {"test": entry}
+                new_errors = self.errors.reported[self._sent_errors :]
+                if new_errors:
+                    payload["errors"] = [list(e) for e in new_errors]
+                    self._sent_errors += len(new_errors)
+                setattr(report, _REPORT_ATTR, json.dumps(payload, allow_nan=False))
+        except Exception:  # noqa: BLE001 - reported once; the test's result is untouched
+            self.errors.record("report entry", traceback.format_exc())
+
+    # -- where the reports arrive ------------------------------------------------------
+    def collect(self, report: pytest.TestReport) -> None:
+        """On the xdist controller: take the entry a worker attached to a teardown report."""
+        if self.is_worker:
+            return
+        payload = getattr(report, _REPORT_ATTR, None)
+        if not isinstance(payload, str):
+            return
+        try:
+            data = json.loads(payload)
+            entry = data["test"]
+            self._entries[entry["id"]] = entry
+            for where, text in data.get("errors", ()):
+                self.errors.record(f"{where} (on a worker)", text)
+            self._tests = None
+        except Exception:  # noqa: BLE001
+            self.errors.record("report entry from a worker", traceback.format_exc())
+
+    def tests(self) -> list[dict[str, Any]]:
+        """Every test's entry, each exactly once (keyed by test id)."""
+        if self._tests is None:
+            entries = dict(self._entries)
+            for nodeid, record in self._records.items():
+                try:
+                    entries[nodeid] = test_entry(record, self.gate)
+                except Exception:  # noqa: BLE001
+                    self.errors.record("report entry", traceback.format_exc())
+            self._tests = [entries[nodeid] for nodeid in sorted(entries)]  # the same order with xdist
+        return self._tests
+
+    def write(self, exitstatus: int | None, defaults: Mapping[str, Any], errors: Iterable[tuple[str, str]]) -> None:
+        """Write the report (controller or single process only); problems are shown, not raised."""
+        if self.report_path is None:
+            return
+        try:
+            document = build_report(self.config, self.gate, self.tests(), errors, exitstatus, defaults)
+            _write_json(self.report_path, document)
+            self.written = self.report_path
+        except OSError as exc:
+            self.write_error = f"could not write {self.report_path}: {exc.strerror or exc}"
+        except Exception:  # noqa: BLE001
+            self.write_error = f"could not write {self.report_path}: plugin error, see below"
+            self.errors.record("report", traceback.format_exc())
