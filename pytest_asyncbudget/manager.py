@@ -14,11 +14,12 @@ from typing import Any
 
 import pytest
 
-from . import budgets
+from . import budgets, gating
 from .budgets.base import Verdict
 from .core import LoopCore
 from .errors import PluginErrors
-from .present.failure import failure_text
+from .present import report as results_report
+from .present import terminal
 from .probes.base import ProbeContext
 from .record import PLAN, STATE, TestRecord, TestState
 from .sampler import StackSampler
@@ -52,8 +53,12 @@ class Manager:
         faulthandler_timeout = float(config.getini("faulthandler_timeout") or 0)
         self.sampler = StackSampler(use_faulthandler=faulthandler_timeout <= 0)
         self.defaults = budgets.defaults(config)
-        self.measure_all = any(value is not None for value in self.defaults.values())
         self.records: list[TestRecord] = []
+        # Summary, report and CI gating (issue 7): options checked now, at startup.
+        self.gate = gating.Gate.from_config(config)
+        self.summary_size = terminal.summary_size(config)
+        self.results = results_report.Results(config, self.gate, self.errors)
+        self.measure_all = any(value is not None for value in self.defaults.values()) or self.results.report_on
 
     # -- collection: decide and validate every test's budgets before anything runs ----
     @pytest.hookimpl(trylast=True)
@@ -129,19 +134,32 @@ class Manager:
         record = state.record
         failing = record.failed_verdicts(report.when)
         if failing:
-            text = failure_text(failing)
-            if report.passed and not hasattr(report, "wasxfail"):
+            text, note = self.gate.decide(record.nodeid, failing)  # observe mode / baseline
+            if text and report.passed and not hasattr(report, "wasxfail"):
                 report.outcome = "failed"
                 report.longrepr = text
-            else:
+            elif text:
                 report.sections.append(("asyncbudget", text))
+            if note:
+                report.sections.append(("asyncbudget", note))
         if report.failed and record.outcome == "passed":
             record.outcome = "failed" if report.when == "call" else "error"
         elif report.skipped and report.when != "teardown":
             record.outcome = "skipped"
         if report.when == "teardown":
             self.records.append(record)
+            self.results.test_finished(item, report, record)  # JUnit properties, xdist transfer
         return report
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.when == "teardown":
+            self.results.collect(report)  # entries sent by xdist workers
+
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        errors = list(self.errors.reported)
+        if self.sampler.error:
+            errors.append(("stack sampler", self.sampler.error))
+        self.results.write(exitstatus, self.defaults, errors)
 
     # -- end of session ---------------------------------------------------------------
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -11,8 +11,9 @@ import inspect
 
 import pytest
 
-from . import budgets
+from . import budgets, gating
 from .manager import Manager
+from .present import report, terminal
 
 _MANAGER_NAME = "asyncbudget-manager"
 
@@ -21,6 +22,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("asyncbudget", "performance budgets for async tests (pytest-asyncbudget)")
     for module in budgets.MODULES:
         module.add_options(group, parser)
+    for options in (terminal.add_options, report.add_options, gating.add_options):  # issue 7
+        options(group, parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
