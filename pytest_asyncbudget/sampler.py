@@ -80,6 +80,11 @@ def parse_faulthandler_dump(text: str, thread_id: int) -> list[RawFrame]:
     return frames
 
 
+def _deadline(interval: float) -> float:
+    """faulthandler fires if the watchdog is starved this long past its wake-up time."""
+    return interval + max(interval, 0.001)
+
+
 class _Watch:
     __slots__ = ("target", "thread_id", "threshold", "interval")
 
@@ -101,19 +106,27 @@ class StackSampler:
         self._dump_file = None
         self._dump_seen = 0
         self._dump_lock = threading.Lock()
-        #: When the watchdog last armed faulthandler, and the deadline it armed it with.
-        self._armed: tuple[float, float] = (0.0, 0.0)
+        #: When the watchdog last armed faulthandler.
+        self._armed_at = 0.0
         #: An error raised inside the watchdog, reported by the plugin (None if all is well).
         self.error: str | None = None
 
     def watch(self, target: SampleTarget, threshold: float, interval: float) -> None:
         """Sample *target*'s loop (running on this thread) until :meth:`unwatch`."""
-        self._watch = _Watch(target, threading.get_ident(), threshold, interval)
+        if self._dump_file is not None:  # a dump left from an earlier watch is stale
+            with self._dump_lock:
+                self._dump_seen = os.fstat(self._dump_file.fileno()).st_size
+        watch = _Watch(target, threading.get_ident(), threshold, interval)
         if not self._started:
             self._started = True
             if self._use_faulthandler:
                 self._dump_file = tempfile.TemporaryFile(prefix="asyncbudget-")
             _thread.start_new_thread(self._run, ())
+        if self._dump_file is not None:
+            # Armed here, on the loop thread: if the loop goes straight into a long C
+            # call, the watchdog cannot even wake up to arm it itself.
+            self._arm(_deadline(interval))
+        self._watch = watch
         self._wake.set()
 
     def unwatch(self) -> None:
@@ -121,7 +134,8 @@ class StackSampler:
         watch, self._watch = self._watch, None
         self._wake.clear()
         if watch is not None and self._dump_file is not None:
-            self._deliver_dump(watch)
+            faulthandler.cancel_dump_traceback_later()
+            self._deliver_dump(watch, self._armed_at + _deadline(watch.interval))
 
     # -- the watchdog thread --------------------------------------------------------
     def _run(self) -> None:
@@ -136,39 +150,49 @@ class StackSampler:
 
     def _watch_loop(self, watch: _Watch) -> None:
         target = watch.target
-        dump = self._dump_file
+        use_dump = self._dump_file is not None
         last_stretch: float | None = None
-        # faulthandler fires if the watchdog is starved this long past its wake-up time.
-        deadline = watch.interval + max(watch.interval, 0.001)
-        while self._watch is watch:
-            if dump is not None:
-                self._armed = (_clock(), deadline)
-                faulthandler.dump_traceback_later(deadline, file=dump)
-            time.sleep(watch.interval)
-            if dump is not None:
-                faulthandler.cancel_dump_traceback_later()
-                if self._deliver_dump(watch):
-                    last_stretch = target.busy_since
+        deadline = _deadline(watch.interval)
+        armed_at = self._armed_at  # armed by watch()
+        try:
+            while self._watch is watch:
+                time.sleep(watch.interval)
+                if use_dump:
+                    # Cancel and re-arm back to back: neither call lets go of the GIL,
+                    # so the loop thread cannot slip into a long C call while nothing
+                    # is armed. Only then do anything that may release the GIL.
+                    faulthandler.cancel_dump_traceback_later()
+                    previous, armed_at = armed_at, self._arm(deadline)
+                    if self._deliver_dump(watch, previous + deadline):
+                        last_stretch = target.busy_since
+                        continue
+                since = target.busy_since
+                if since is None or since == last_stretch:
                     continue
-            since = target.busy_since
-            if since is None or since == last_stretch:
-                continue
-            now = _clock()
-            if now - since < watch.threshold:
-                continue
-            frame = sys._current_frames().get(watch.thread_id)
-            if frame is not None and self._watch is watch:
-                last_stretch = since
-                target.on_sample(now, frames_from(frame))
-            del frame
+                now = _clock()
+                if now - since < watch.threshold:
+                    continue
+                frame = sys._current_frames().get(watch.thread_id)
+                if frame is not None and self._watch is watch:
+                    last_stretch = since
+                    target.on_sample(now, frames_from(frame))
+                del frame
+        finally:
+            if use_dump:
+                faulthandler.cancel_dump_traceback_later()
 
-    def _deliver_dump(self, watch: _Watch) -> bool:
+    def _arm(self, deadline: float) -> float:
+        armed_at = _clock()
+        self._armed_at = armed_at
+        faulthandler.dump_traceback_later(deadline, file=self._dump_file)
+        return armed_at
+
+    def _deliver_dump(self, watch: _Watch, fired_at: float) -> bool:
         """Hand a new faulthandler dump of the loop thread to the target, if there is one."""
         with self._dump_lock:
             frames = self._read_dump(watch.thread_id)
             if frames:
-                armed_at, deadline = self._armed
-                watch.target.on_sample(armed_at + deadline, frames)
+                watch.target.on_sample(fired_at, frames)
             return bool(frames)
 
     def _read_dump(self, thread_id: int) -> list[RawFrame]:

@@ -1,0 +1,173 @@
+"""Nothing of the plugin stays in place after a test: no patch, no task, no visible thread.
+
+These suites check the runtime's state from *inside* the user's tests and hooks, after
+async tests that passed, failed, errored in a fixture, or were interrupted.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+_CHECKS = """
+import asyncio, gc, json, sys, threading
+
+REAL_SET_ASYNCGEN_HOOKS = sys.set_asyncgen_hooks
+BASE_THREADS = {t.ident for t in threading.enumerate()}
+SEEN_LOOPS = []
+
+def leftovers():
+    found = []
+    if sys.set_asyncgen_hooks is not REAL_SET_ASYNCGEN_HOOKS:
+        found.append("sys.set_asyncgen_hooks still patched")
+    for loop in SEEN_LOOPS:
+        selector = getattr(loop, "_selector", None)
+        if selector is not None and "select" in vars(selector):
+            found.append("selector.select still wrapped")
+    for obj in gc.get_objects():
+        if type(obj).__name__ == "_HeartbeatTicks" and obj._handle is not None:
+            found.append("heartbeat still scheduled")
+    extra = {t.name for t in threading.enumerate() if t.ident not in BASE_THREADS}
+    extra = {name for name in extra if not name.startswith(("asyncio_", "ThreadPoolExecutor"))}
+    if extra:
+        found.append(f"new visible threads: {sorted(extra)}")
+    return found
+"""
+
+
+def test_nothing_left_after_passing_failing_and_erroring_tests(suite):
+    suite.conftest(_CHECKS)
+    suite.write(
+        source="""
+        import asyncio, time, pytest, pytest_asyncio
+        from conftest import SEEN_LOOPS, leftovers
+
+        pytestmark = pytest.mark.max_loop_lag("50ms")
+
+        @pytest_asyncio.fixture
+        async def broken():
+            SEEN_LOOPS.append(asyncio.get_running_loop())
+            raise RuntimeError("fixture broke")
+            yield
+
+        @pytest.mark.asyncio
+        async def test_passes():
+            SEEN_LOOPS.append(asyncio.get_running_loop())
+            await asyncio.sleep(0.01)
+
+        @pytest.mark.asyncio
+        async def test_breaks_budget():
+            SEEN_LOOPS.append(asyncio.get_running_loop())
+            time.sleep(0.1)
+
+        @pytest.mark.asyncio
+        async def test_raises():
+            SEEN_LOOPS.append(asyncio.get_running_loop())
+            raise ValueError("boom")
+
+        @pytest.mark.asyncio
+        async def test_fixture_error(broken):
+            pass
+
+        @pytest.mark.asyncio(loop_scope="module")
+        async def test_module_scoped_loop():
+            SEEN_LOOPS.append(asyncio.get_running_loop())
+            time.sleep(0.1)
+
+        def test_zz_nothing_left():
+            assert SEEN_LOOPS
+            assert leftovers() == []
+        """
+    )
+    result = suite.run("-v")
+    result.assert_outcomes(passed=2, failed=3, errors=1)
+    result.stdout.fnmatch_lines(["*test_zz_nothing_left PASSED*"])
+
+
+def test_nothing_left_after_keyboard_interrupt(suite):
+    suite.conftest(
+        _CHECKS
+        + """
+def pytest_unconfigure(config):
+    with open("leftovers.json", "w") as f:
+        json.dump(leftovers(), f)
+"""
+    )
+    suite.write(
+        source="""
+        import asyncio, pytest
+        from conftest import SEEN_LOOPS
+
+        @pytest.mark.asyncio
+        @pytest.mark.max_loop_lag("50ms")
+        async def test_interrupted():
+            SEEN_LOOPS.append(asyncio.get_running_loop())
+            await asyncio.sleep(0)
+            raise KeyboardInterrupt
+        """
+    )
+    result = suite.run()
+    assert result.ret == pytest.ExitCode.INTERRUPTED
+    leftovers = json.loads((suite.pytester.path / "leftovers.json").read_text())
+    assert leftovers == []
+
+
+def test_sync_tests_are_untouched(pytester):
+    pytester.makepyfile(
+        """
+        import sys, pytest
+
+        REAL = sys.set_asyncgen_hooks
+
+        @pytest.mark.max_loop_lag("1ms")
+        def test_sync_with_marker():
+            assert sys.set_asyncgen_hooks is REAL
+            import time; time.sleep(0.05)
+        """
+    )
+    pytester.runpytest_subprocess("--asyncbudget-max-loop-lag=1ms").assert_outcomes(passed=1)
+
+
+def test_probe_error_never_flips_a_result(suite):
+    """A plugin bug is reported once and the test keeps its own outcome."""
+    suite.conftest(
+        """
+        import pytest
+        from pytest_asyncbudget.probes import lag
+
+        @pytest.fixture(autouse=True, scope="session")
+        def break_the_lag_probe():
+            def explode(self, loop):
+                raise RuntimeError("simulated probe bug")
+            original = lag.LagProbe.loop_started
+            lag.LagProbe.loop_started = explode
+            yield
+            lag.LagProbe.loop_started = original
+        """
+    )
+    suite.write(
+        source="""
+        import time, pytest
+
+        @pytest.mark.asyncio
+        @pytest.mark.max_loop_lag("50ms")
+        async def test_one():
+            time.sleep(0.1)
+
+        @pytest.mark.asyncio
+        @pytest.mark.max_loop_lag("50ms")
+        async def test_two():
+            assert False, "the test's own failure"
+        """
+    )
+    result = suite.run()
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*the test's own failure*",
+            "*pytest-asyncbudget internal error in LagProbe.loop_started*",
+            "*RuntimeError: simulated probe bug*",
+        ]
+    )
+    assert result.stdout.str().count("RuntimeError: simulated probe bug") == 1
