@@ -11,11 +11,12 @@ import inspect
 
 import pytest
 
-from . import budgets, gating
+from . import budgets, gating, loops
 from .manager import Manager
 from .present import report, terminal
 
 _MANAGER_NAME = "asyncbudget-manager"
+_LOOPS_NAME = "asyncbudget-loops"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -24,6 +25,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         module.add_options(group, parser)
     for options in (terminal.add_options, report.add_options, gating.add_options):  # issue 7
         options(group, parser)
+    loops.add_options(group, parser)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -32,9 +34,14 @@ def pytest_configure(config: pytest.Config) -> None:
         config.addinivalue_line("markers", help_line)
     if not config.pluginmanager.has_plugin(_MANAGER_NAME):
         config.pluginmanager.register(Manager(config), _MANAGER_NAME)
+    # Only when asked for: defining pytest-asyncio's loop-factories hook has side effects.
+    matrix = loops.matrix_from_config(config)
+    if matrix is not None and not config.pluginmanager.has_plugin(_LOOPS_NAME):
+        config.pluginmanager.register(matrix, _LOOPS_NAME)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    manager = config.pluginmanager.get_plugin(_MANAGER_NAME)
-    if manager is not None:
-        config.pluginmanager.unregister(manager, _MANAGER_NAME)
+    for name in (_MANAGER_NAME, _LOOPS_NAME):
+        plugin = config.pluginmanager.get_plugin(name)
+        if plugin is not None:
+            config.pluginmanager.unregister(plugin, name)
