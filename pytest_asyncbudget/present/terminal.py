@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ..gating import BASELINE_STATUSES
 from .report import describe
 
 if TYPE_CHECKING:
@@ -134,40 +135,64 @@ def _cells(test: dict[str, Any], entry: dict[str, Any], budget: str, verbose: bo
 
 _HEADERS = ["", "test", "loop", "", "budget", "used", "culprit"]
 _RIGHT = {3, 4, 5}
-_SHRINKABLE = (1, 6)  # test id and culprit, shortened from the left
-_MIN = {1: 24, 6: 12}
+_TEST, _CULPRIT = 1, 6
 
 
 def _shorten(text: str, width: int) -> str:
+    """*text* in *width* characters, cut from the left (the end of an id or path matters most)."""
     if len(text) <= width:
         return text
     if width <= len(_ELLIPSIS):
-        return text[-width:]
+        return text[-width:] if width > 0 else ""
     return _ELLIPSIS + text[-(width - len(_ELLIPSIS)) :]
 
 
-def _table(header: list[str], rows: list[list[str]], width: int | None) -> list[str]:
-    """Aligned lines; with *width*, the test and culprit columns shrink to fit it."""
+def _culprit_floor(cells: list[str]) -> int:
+    """Width that still shows every culprit's file name and line (``.../name.py:12``)."""
+    floor = 0
+    for cell in cells:
+        head, sep, tail = cell.rpartition("/")
+        floor = max(floor, len(cell) if not sep else len(tail) + len(_ELLIPSIS))
+    return min(floor, 30)
+
+
+def _table(
+    header: list[str],
+    rows: list[list[str]],
+    width: int | None,
+    right: set[int] = _RIGHT,
+    stages: list[tuple[int, int]] | None = None,
+) -> list[str]:
+    """Aligned lines; with *width*, columns shrink (from the left) to fit it.
+
+    *stages* are ``(column, floor)`` steps taken in order until the table fits. By
+    default: the test id down to 32 characters, then the culprit down to its file name
+    and line, then the test id down to 12, then the culprit down to 6.
+    """
     columns = list(zip(header, *rows))
-    keep = [i for i, column in enumerate(columns) if any(column)]  # drop empty columns
+    # drop columns with nothing to say (no culprit, no budget anywhere)
+    keep = [i for i, column in enumerate(columns) if any(cell not in ("", "-") for cell in column[1:])]
     widths = {i: max(len(cell) for cell in columns[i]) for i in keep}
     if width is not None:
-        total = sum(widths.values()) + 2 * (len(keep) - 1) + 2
-        excess = total - width
-        for i in sorted((i for i in _SHRINKABLE if i in widths), key=lambda i: -widths[i]):
+        excess = sum(widths.values()) + 2 * (len(keep) - 1) - width
+        if stages is None:
+            culprit = _culprit_floor([r[_CULPRIT] for r in rows])
+            stages = [(_TEST, 32), (_CULPRIT, culprit), (_TEST, 12), (_CULPRIT, 6)]
+        for column, floor in stages:
             if excess <= 0:
                 break
-            floor = min(widths[i], _MIN[i])
-            cut = min(excess, widths[i] - floor)
-            widths[i] -= cut
+            if column not in widths:
+                continue
+            cut = min(excess, max(0, widths[column] - floor))
+            widths[column] -= cut
             excess -= cut
     lines = []
     for cells in [header, *rows]:
         parts = []
         for i in keep:
             cell = _shorten(cells[i], widths[i])
-            parts.append(cell.rjust(widths[i]) if i in _RIGHT else cell.ljust(widths[i]))
-        lines.append(("  " + "  ".join(parts)).rstrip())
+            parts.append(cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]))
+        lines.append("  ".join(parts).rstrip())
     return lines
 
 
@@ -258,33 +283,45 @@ def summary_lines(
         if hidden > 0 and verbosity >= 0:
             more = sum(1 for _, e in rows[size:] if e["verdict"] == "failed")
             extra = f" ({more} over budget)" if more else ""
-            out.append((f"  ... {hidden} more{extra}; --asyncbudget-summary=N shows more rows", None))
+            out.append((f"... {hidden} more{extra}; --asyncbudget-summary=N shows more rows", None))
     if comparison is not None:
-        out.extend(_baseline_lines(comparison, baseline, tolerance, size, verbosity))
+        out.extend(_baseline_lines(comparison, baseline, tolerance, size, verbosity, None if verbose else width))
     return out
 
 
 def _baseline_lines(
-    comparison: dict[str, list[dict[str, Any]]], path: str | None, tolerance: float, size: int, verbosity: int
+    comparison: dict[str, list[dict[str, Any]]],
+    path: str | None,
+    tolerance: float,
+    size: int,
+    verbosity: int,
+    width: int | None,
 ) -> list[tuple[str, str | None]]:
-    counts = ", ".join(f"{len(comparison[s])} {s}" for s in ("new", "grown", "unchanged", "fixed"))
+    """The comparison with the baseline: counts, then new, grown, unchanged, fixed (each up to *size*)."""
+    counts = ", ".join(f"{len(comparison[s])} {s}" for s in BASELINE_STATUSES)
     out: list[tuple[str, str | None]] = [("", None), (f"baseline {path} (tolerance {tolerance * 100:g}%): {counts}", None)]
     colours = {"new": "red", "grown": "red", "unchanged": None, "fixed": "green"}
-    for status in ("new", "grown", "unchanged", "fixed"):
-        items = sorted(comparison[status], key=lambda i: (i["id"], i["budget"]))
+    rows: list[list[str]] = []
+    statuses: list[str] = []
+    hidden: list[str] = []
+    for status in BASELINE_STATUSES:
         if verbosity < 0 and status in ("unchanged", "fixed"):
             continue
-        rows = []
+        items = sorted(comparison[status], key=lambda i: (i["id"], i["budget"]))
         for item in items[:size]:
             info = describe(item["budget"])
             now = info.format(item["measured"]) if item["measured"] is not None else "-"
             before = item["baseline_measured"]
-            was = "" if status == "new" else f"was {info.format(before)}" if before is not None else "was ?"
+            was = "-" if status == "new" else (info.format(before) if before is not None else "?")
             rows.append([status, item["id"], item["budget"], now, was])
-        for row in rows:
-            out.append(("  " + "  ".join(cell for cell in row if cell), colours[status]))
+            statuses.append(status)
         if len(items) > size:
-            out.append((f"  ... {len(items) - size} more {status}", None))
+            hidden.append(f"... {len(items) - size} more {status}")
+    if rows:
+        lines = _table(["", "test", "budget", "now", "baseline"], rows, width, right={3, 4}, stages=[(1, 32), (1, 12)])
+        out.append((lines[0], None))
+        out.extend((line, colours[status]) for line, status in zip(lines[1:], statuses))
+    out.extend((line, None) for line in hidden)
     return out
 
 
