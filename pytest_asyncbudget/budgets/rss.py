@@ -38,11 +38,13 @@ class RssBudget:
     spelled: str = ""
 
     def describe(self) -> str:
-        """The limit for people: as written, and in MiB when that differs."""
+        """The limit for people: as written, plus in MiB unless written in binary units."""
         human = format_size(self.limit)
-        if self.spelled and self.spelled.replace(" ", "").lower() != human.replace(" ", "").lower():
-            return f"{self.spelled} ({human})"
-        return human
+        if not self.spelled:
+            return human
+        if self.spelled.lower().endswith("ib"):  # KiB, MiB, GiB, TiB: already our unit
+            return self.spelled
+        return f"{self.spelled} ({human})"
 
 
 def marker(limit: int | str | None, *, absolute: bool = False) -> RssBudget | None:
@@ -134,11 +136,13 @@ def _finding(budget: RssBudget, m: RssMeasurement) -> Finding:
         details = [f"still held at the end of {m.phase}: RSS {format_size(m.end)}, {format_size(held)} over baseline"]
     else:
         details = [f"a spike: freed again by the end of {m.phase} (RSS back to {format_size(m.end)})"]
+    if budget.absolute and m.baseline > budget.limit:
+        details.append("the process was already over this absolute budget when the test's setup started")
     if m.exact:
         details.append(f"exact: {m.method}")
     else:
         details.append(f"lower bound: {m.method}; a shorter spike can be missed")
-    details.append("RSS names no line of code; to see what allocates, run this test alone under tracemalloc or pytest-memray")
+    details.append("no culprit line: RSS is counted by the OS, not per allocation; to see what allocates, run this test alone under tracemalloc or pytest-memray")
     return Finding(
         title=title,
         details=details,
