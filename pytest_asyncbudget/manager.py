@@ -138,18 +138,32 @@ class Manager:
             if text and report.passed and not hasattr(report, "wasxfail"):
                 report.outcome = "failed"
                 report.longrepr = text
+                if report.when == "teardown" and any(
+                    getattr(budgets.module_for(v.budget), "TEARDOWN_FAILS_TEST", False) for v in failing
+                ):
+                    report.asyncbudget_failed_test = True  # type: ignore[attr-defined]  # see pytest_report_teststatus
             elif text:
                 report.sections.append(("asyncbudget", text))
             if note:
                 report.sections.append(("asyncbudget", note))
         if report.failed and record.outcome == "passed":
-            record.outcome = "failed" if report.when == "call" else "error"
+            record.outcome = "failed" if report.when == "call" or getattr(report, "asyncbudget_failed_test", False) else "error"
         elif report.skipped and report.when != "teardown":
             record.outcome = "skipped"
         if report.when == "teardown":
             self.records.append(record)
             self.results.test_finished(item, report, record)  # JUnit properties, xdist transfer
         return report
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_report_teststatus(self, report: pytest.TestReport) -> tuple[str, str, str] | None:
+        """A budget checked at teardown (no_leaked_tasks) fails the test, not its teardown.
+
+        The flag is a plain report attribute, so it survives pytest-xdist's transfer.
+        """
+        if getattr(report, "asyncbudget_failed_test", False):
+            return "failed", "F", "FAILED"
+        return None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "teardown":

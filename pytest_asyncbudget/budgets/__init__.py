@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 
 from ..units import UnitError
-from . import blocking, lag, rss
+from . import blocking, lag, leaks, rss
 
 __all__ = ["MODULES", "Plan", "budget_error", "call_marker", "defaults", "plan_for"]
 
 #: Every budget module, in the order their verdicts are shown.
-MODULES: tuple[ModuleType, ...] = (lag, blocking, rss)
+MODULES: tuple[ModuleType, ...] = (lag, blocking, rss, leaks)
 
 
 @dataclass

@@ -1,0 +1,906 @@
+"""How leaked tasks, lost exceptions, never-awaited coroutines and cancel-proof tasks are found.
+
+What is watched, and how
+------------------------
+Everything below is installed for one test phase at a time and undone when the phase
+ends (:meth:`LeakProbe.phase_stopped`, always called by the core, even when the test
+crashes). Each patch is undone only if it is still ours, so a user's own task factory or
+exception handler set during the test is never clobbered.
+
+* **Task creation** - a task factory on every loop that starts running during the phase
+  (``loop.set_task_factory``, chained to the loop's previous factory, so eager factories
+  and user factories keep working). Per task it records, in one small tuple: a weak
+  reference to the task, who owns it (see below), the phase, and the ``(code, f_lasti)``
+  of the innermost frame of user code on the creating stack plus its caller. Line numbers
+  are computed from ``f_lasti`` only for tasks that end up in a report. No frame object is
+  kept (that would keep the creator's locals alive), no coroutine origin tracking is
+  switched on (that slows every coroutine call, not only task creation), and entries of
+  dead tasks are pruned as the table doubles. Tasks that a runner creates to start a
+  coroutine on a loop that is not running yet (pytest-asyncio's and anyio's ``run``) are
+  not recorded at all.
+* **Exceptions never retrieved, tasks destroyed while pending** - asyncio reports both
+  from ``Task.__del__`` through ``loop.call_exception_handler``. An exception handler is
+  put on each loop for the phase; it notes the contexts that concern tasks of this test and
+  always passes every context on to the previous handler (or the default one), so logs,
+  anyio's own handler and user handlers see exactly what they saw before. Tasks still
+  alive at the check whose exception nobody retrieved are found from their
+  ``_log_traceback`` flag.
+* **Coroutines never awaited** - CPython calls ``warnings._warn_unawaited_coroutine(coro)``
+  when a coroutine that never ran is destroyed. For the phase that function is replaced
+  by one that notes the coroutine and the stack at that moment, then issues the very same
+  ``RuntimeWarning`` with the same ``stacklevel`` (so the warning still points at the
+  user's line and warning filters behave as before). Refcounting destroys a dropped
+  coroutine on the line that dropped it: for ``fetch()`` written without ``await`` that is
+  the line that created it. Coroutines destroyed by the cyclic garbage collector (a
+  ``gc.callbacks`` entry tells when a collection runs) may come from any earlier test, so
+  they are left to Python's own warning and never fail this test. When the user enabled
+  coroutine origin tracking (``sys.set_coroutine_origin_tracking_depth``, asyncio debug
+  mode), ``cr_origin`` gives the exact creating line and is used instead.
+* **The leak check and the bounded cancel** - a loop that closes at the end of the test
+  is closed by ``asyncio.Runner.close()`` (pytest-asyncio's function-scoped runner fixture,
+  anyio's test runner), which calls ``asyncio.runners._cancel_all_tasks(loop)``: cancel
+  everything, then wait *without a bound* for all of it. For the phase, that module
+  function is replaced by :meth:`LeakProbe._runner_closing`: check this test's tasks first
+  (after every function-scoped fixture's teardown, since the runner fixture is torn down
+  last), then cancel what is left and wait at most ``cancel_timeout``, reporting
+  exceptions exactly as asyncio does. A loop that outlives the test (``loop_scope`` module,
+  class, package or session) is checked the same way when the teardown phase ends, by
+  running it briefly.
+
+Who owns a task
+---------------
+A task created inside another task inherits its parent's owner. Otherwise the creating
+stack is walked up to its root once per parent task and loop run, and matched against
+the code objects of the test function and of its fixtures (snapshotted when setup starts,
+before pytest-asyncio or anyio swap fixture functions for their wrappers): the test body,
+fixture ``name`` (with its scope), or nothing. Tasks of fixtures wider than function
+scope, of the runners' own machinery (anyio's runner task) and of tasks this test did not
+start are never blamed on the test. A task created from a plain callback is blamed on the
+phase it was created in.
+
+Cancel-proof tasks
+------------------
+A task still pending ``cancel_timeout`` after its cancel would hang any later loop run
+or close, so after reporting it the probe closes its coroutine (``GeneratorExit`` at its
+``await``; ``except CancelledError`` does not catch it) and marks it so asyncio does not
+log it when it is garbage-collected. If its coroutine ignores ``GeneratorExit`` too, that
+is reported and it is left as it is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import gc
+import inspect
+import os
+import sys
+import threading
+import traceback
+import warnings
+import weakref
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from ..culprit import RawFrame, _user_file_cache, is_user_file
+from .base import Probe, ProbeContext
+
+if TYPE_CHECKING:
+    import pytest
+
+__all__ = [
+    "LeakMeasurement",
+    "LeakProbe",
+    "LeakSettings",
+    "LostException",
+    "Owner",
+    "TaskSnapshot",
+    "UnawaitedCoroutine",
+]
+
+_getframe = sys._getframe
+_current_task = asyncio.current_task
+_Task = asyncio.tasks.Task
+_ref = weakref.ref
+_all_tasks = asyncio.all_tasks
+
+#: The stdlib's own reporter of never-awaited coroutines (see the module docstring).
+_STDLIB_WARN_UNAWAITED: Callable[[Any], None] | None = getattr(warnings, "_warn_unawaited_coroutine", None)
+
+#: How far up a stack the creation-site walk looks for the user's code.
+_SITE_DEPTH = 40
+#: How far up a stack the owner walk looks for the test or a fixture.
+_OWNER_DEPTH = 200
+#: The origins table is pruned of dead tasks when it grows past this (then doubles).
+_PRUNE_AT = 4096
+
+
+@dataclass(frozen=True)
+class LeakSettings:
+    """The resolved options of one test's ``no_leaked_tasks`` budget."""
+
+    #: How long pending tasks get to finish on their own before they count as leaked.
+    grace: float = 0.1
+    #: How long a cancelled leaked task gets to finish before it is reported as ignoring it.
+    cancel_timeout: float = 1.0
+    #: Glob patterns (``fnmatch``) on a task's name or its coroutine's qualified name.
+    ignore: tuple[str, ...] = ()
+
+    def ignores(self, name: str, coroutine: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) or fnmatch.fnmatchcase(coroutine, p) for p in self.ignore)
+
+
+# -- owners --------------------------------------------------------------------------
+TEST = "test"
+FIXTURE = "fixture"
+CALLBACK = "callback"
+PHASE = "phase"  # code running in a phase, when no test or fixture frame is on the stack
+RUNNER = "runner"  # pytest-asyncio's, anyio's, pytest's or this plugin's own machinery
+FOREIGN = "foreign"  # a task this test did not start (a wider-scoped service, a library)
+
+
+@dataclass(frozen=True)
+class Owner:
+    """Who created a task, as far as the test is concerned."""
+
+    kind: str
+    name: str = ""
+    scope: str = "function"
+    phase: str = ""
+
+    @property
+    def is_the_tests(self) -> bool:
+        """True when a task of this owner still pending at the end is this test's leak."""
+        return self.kind in (TEST, CALLBACK, PHASE) or (self.kind == FIXTURE and self.scope == "function")
+
+    @property
+    def inheritable(self) -> bool:
+        """Children of a task with this owner have the same owner."""
+        return self.kind != RUNNER
+
+    def describe(self) -> str:
+        if self.kind == TEST:
+            return "the test body"
+        if self.kind == FIXTURE:
+            scope = "" if self.scope == "function" else f" ({self.scope}-scoped)"
+            return f"fixture '{self.name}'{scope}"
+        where = {"call": "the test body", "setup": "fixture setup", "teardown": "fixture teardown"}
+        if self.kind == CALLBACK:
+            return f"a callback during {where.get(self.phase, self.phase)}"
+        if self.kind == PHASE:
+            return f"code running during {where.get(self.phase, self.phase)}"
+        if self.kind == RUNNER:
+            return "the test runner"
+        return "a task this test did not start"
+
+
+_TEST_OWNER = Owner(TEST)
+_CALLBACK_OWNERS = {phase: Owner(CALLBACK, phase=phase) for phase in ("setup", "call", "teardown")}
+_RUNNER_OWNER = Owner(RUNNER)
+_FOREIGN_OWNER = Owner(FOREIGN)
+
+
+def _infra_prefixes() -> tuple[str, ...]:
+    prefixes = {os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep}
+    for module in ("pytest_asyncio", "anyio", "_pytest", "pytest", "pluggy"):
+        mod = sys.modules.get(module)
+        file = getattr(mod, "__file__", None)
+        if file:
+            prefixes.add(os.path.dirname(os.path.abspath(file)) + os.sep)
+    return tuple(sorted(prefixes))
+
+
+def _code_of(obj: object) -> Any:
+    obj = getattr(obj, "__func__", obj)
+    try:
+        obj = inspect.unwrap(obj)  # type: ignore[arg-type]
+    except ValueError:  # a __wrapped__ cycle
+        pass
+    obj = getattr(obj, "__func__", obj)
+    return getattr(obj, "__code__", None)
+
+
+# -- what a report holds --------------------------------------------------------------
+@dataclass
+class TaskSnapshot:
+    """A task of the test as found by the check (data only; culprits are built later)."""
+
+    name: str
+    coroutine: str
+    owner: Owner
+    #: The phase the task was created in.
+    phase: str
+    #: The creating stack from its first user frame, innermost first (or library frames).
+    created: list[RawFrame]
+    #: Where its coroutine function is defined.
+    defined: RawFrame | None
+    #: Where it was suspended when found, innermost first, and what it was awaiting.
+    suspended: list[RawFrame] = field(default_factory=list)
+    awaiting: str | None = None
+    #: What happened when it was cancelled: "cancelled", "finished", "raised ...",
+    #: "ignored", "destroyed" (garbage-collected while pending) or "" (not cancelled).
+    outcome: str = ""
+    #: For a task that ignored its cancel: where it was still suspended after the wait.
+    stuck_at: list[RawFrame] = field(default_factory=list)
+    stuck_awaiting: str | None = None
+    #: Set when even closing its coroutine failed.
+    close_error: str = ""
+
+
+@dataclass
+class LostException:
+    """A task of the test that failed and whose exception nobody retrieved."""
+
+    task: TaskSnapshot
+    type_name: str
+    message: str
+    #: Where the exception was raised (its traceback), innermost first.
+    raised: list[RawFrame]
+
+
+@dataclass
+class UnawaitedCoroutine:
+    """A coroutine created and destroyed without ever being awaited."""
+
+    name: str
+    #: The stack when it was destroyed, innermost first.
+    dropped: list[RawFrame]
+    #: The exact creating stack when origin tracking was on (innermost first), else None.
+    origin: list[RawFrame] | None
+    defined: RawFrame | None
+    owner: Owner
+    phase: str
+
+
+@dataclass
+class LeakMeasurement:
+    """What the leak probe found over the whole test, handed over at the end of teardown."""
+
+    phase: str
+    #: False when the test had already failed, errored or been skipped: findings are
+    #: kept for the record but not judged.
+    judged: bool
+    settings: LeakSettings
+    leaked: list[TaskSnapshot]
+    lost: list[LostException]
+    unawaited: list[UnawaitedCoroutine]
+    #: Tasks this test did not create that ignored their cancel when their loop closed.
+    foreign_stuck: list[TaskSnapshot]
+    #: How many tasks were recorded (all phases).
+    tasks_created: int
+
+    @property
+    def problems(self) -> int:
+        return len(self.leaked) + len(self.lost) + len(self.unawaited) + len(self.foreign_stuck)
+
+
+# -- helpers that turn live objects into data ----------------------------------------
+def _line_of(code: Any, lasti: int) -> int:
+    for start, end, line in code.co_lines():
+        if start <= lasti < end and line is not None:
+            return line
+    return code.co_firstlineno
+
+
+def _site_frames(site: tuple[Any, ...]) -> list[RawFrame]:
+    out: list[RawFrame] = []
+    for i in range(0, len(site), 2):
+        code = site[i]
+        out.append((code.co_filename, _line_of(code, site[i + 1]), code.co_name))
+    return out
+
+
+def _coro_qualname(coro: Any) -> str:
+    return getattr(coro, "__qualname__", None) or getattr(coro, "__name__", None) or repr(coro)
+
+
+def _coro_name(coro: Any) -> str:
+    name = getattr(coro, "__qualname__", None) or getattr(coro, "__name__", None)
+    return f"{name}()" if name else repr(coro)
+
+
+def _coro_defined(coro: Any) -> RawFrame | None:
+    code = getattr(coro, "cr_code", None) or getattr(coro, "gi_code", None) or getattr(coro, "ag_code", None)
+    if code is None:
+        return None
+    return (code.co_filename, code.co_firstlineno, code.co_name)
+
+
+def _await_chain(coro: Any) -> tuple[list[RawFrame], str | None]:
+    """Where *coro* is suspended, innermost first, and the call its innermost user frame is in."""
+    frames: list[RawFrame] = []
+    calls: list[str] = []
+    obj = coro
+    for _ in range(64):
+        frame = _first_attr(obj, ("cr_frame", "gi_frame", "ag_frame"))
+        if frame is None:
+            break
+        code = frame.f_code
+        frames.append((code.co_filename, frame.f_lineno, code.co_name))
+        calls.append(_public_name(frame.f_globals.get("__name__", ""), code))
+        obj = _first_attr(obj, ("cr_await", "gi_yieldfrom", "ag_await"))
+        if obj is None:
+            break
+    frames.reverse()
+    calls.reverse()
+    for i, (filename, _, _) in enumerate(frames):
+        if is_user_file(filename):
+            return frames, (calls[i - 1] if i > 0 else None)
+    return frames, None
+
+
+def _public_name(module: str, code: Any) -> str:
+    """``asyncio.sleep`` rather than ``asyncio.tasks.sleep`` when the package exports it."""
+    name = code.co_name
+    if not module:
+        return name
+    package = sys.modules.get(module.split(".", 1)[0])
+    exported = getattr(package, name, None)
+    if getattr(exported, "__code__", None) is code:
+        return f"{package.__name__}.{name}"  # type: ignore[union-attr]
+    return f"{module}.{name}"
+
+
+def _first_attr(obj: Any, names: tuple[str, ...]) -> Any:
+    for name in names:
+        value = getattr(obj, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _frames_of_traceback(tb: Any) -> list[RawFrame]:
+    out: list[RawFrame] = []
+    while tb is not None and len(out) < 100:
+        code = tb.tb_frame.f_code
+        out.append((code.co_filename, tb.tb_lineno, code.co_name))
+        tb = tb.tb_next
+    out.reverse()
+    return out
+
+
+def _raw_frames(frame: Any, limit: int = 60) -> list[RawFrame]:
+    out: list[RawFrame] = []
+    while frame is not None and len(out) < limit:
+        code = frame.f_code
+        out.append((code.co_filename, frame.f_lineno, code.co_name))
+        frame = frame.f_back
+    return out
+
+
+def _retrieve_quietly(task: asyncio.Task[Any]) -> None:
+    """Done callback of a neutralized task: its last error is ours to discard."""
+    if not task.cancelled():
+        task.exception()
+
+
+class LeakProbe(Probe):
+    """Tracks the tasks and coroutines one test creates, and checks them at the end."""
+
+    budget = "no_leaked_tasks"
+
+    def __init__(self, settings: LeakSettings, context: ProbeContext) -> None:
+        self.settings = settings
+        self._item = context.item
+        self._thread = threading.get_ident()
+        #: id(task) -> (weakref, owner, phase, site); see the module docstring.
+        self._origins: dict[int, tuple[Any, ...]] = {}
+        self._prune_at = _PRUNE_AT
+        self._created = 0
+        self._phase = ""
+        self._run = 0
+        self._owner_cache: dict[int, tuple[Any, Owner]] = {}
+        #: Fixture and test functions, snapshotted before any fixture is set up.
+        self._functions = self._snapshot_functions(context.item)
+        self._owners_by_code: dict[int, Owner] | None = None
+        self._codes_alive: list[Any] = []
+        self._infra: tuple[str, ...] | None = None
+        # patches of the current phase
+        self._loop_patches: dict[Any, tuple[Any, Any, Any, Any]] = {}
+        self._warn_patch: Any = None
+        self._warn_original: Any = None
+        self._runner_patches: list[tuple[Any, Any, Any]] = []
+        self._in_gc = False
+        # state across the test
+        self._loops: dict[Any, None] = {}
+        self._checked: set[int] = set()
+        self._leaked: list[TaskSnapshot] = []
+        self._lost: list[LostException] = []
+        self._lost_ids: set[int] = set()
+        self._unawaited: list[UnawaitedCoroutine] = []
+        self._foreign_stuck: list[TaskSnapshot] = []
+        #: Tasks whose coroutine the probe closed; strong references, so ids stay theirs.
+        self._neutralized_tasks: list[Any] = []
+        self._neutralized: set[int] = set()
+        self._error: str | None = None
+
+    # -- probe events ---------------------------------------------------------------
+    def phase_started(self, phase: str) -> None:
+        self._phase = phase
+        self._callback_owner = _CALLBACK_OWNERS.get(phase, Owner(CALLBACK, phase=phase))
+        self._patch_warnings()
+        gc.callbacks.append(self._gc_event)
+        self._patch_runners()
+
+    def loop_started(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._run += 1
+        self._owner_cache.clear()
+        self._loops[loop] = None
+        if loop not in self._loop_patches:
+            self._patch_loop(loop)
+
+    def phase_stopped(self, phase: str) -> None:
+        try:
+            if phase == "teardown":
+                self._check_remaining_loops()
+        finally:
+            self._unpatch_runners()
+            self._unpatch_loops()
+            self._unpatch_warnings()
+            try:
+                gc.callbacks.remove(self._gc_event)
+            except ValueError:
+                pass
+            self._in_gc = False
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise RuntimeError(f"no_leaked_tasks probe failed earlier in this test:\n{error}")
+
+    def measurement(self, phase: str) -> LeakMeasurement | None:
+        if phase != "teardown":
+            return None  # everything is judged together once the test is over
+        return LeakMeasurement(
+            phase=phase,
+            judged=self._test_passed(),
+            settings=self.settings,
+            leaked=self._leaked,
+            lost=self._lost,
+            unawaited=self._unawaited,
+            foreign_stuck=self._foreign_stuck,
+            tasks_created=self._created,
+        )
+
+    def _test_passed(self) -> bool:
+        from ..record import STATE  # late: record imports the budget registry
+
+        state = self._item.stash.get(STATE, None)
+        return state is None or state.record.outcome == "passed"
+
+    def _note_error(self) -> None:
+        """An error in code that runs outside the core's guard: report it at phase end."""
+        if self._error is None:
+            self._error = traceback.format_exc()
+
+    # -- per-loop patches: the task factory and the exception handler ---------------
+    def _patch_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        previous_factory = loop.get_task_factory()
+        previous_handler = loop.get_exception_handler()
+        factory = self._make_factory(previous_factory)
+        handler = self._make_handler(previous_handler)
+        loop.set_task_factory(factory)  # undone in _unpatch_loops
+        loop.set_exception_handler(handler)  # undone in _unpatch_loops
+        self._loop_patches[loop] = (previous_factory, factory, previous_handler, handler)
+
+    def _unpatch_loops(self) -> None:
+        patches, self._loop_patches = self._loop_patches, {}
+        for loop, (previous_factory, factory, previous_handler, handler) in patches.items():
+            if loop.get_task_factory() is factory:
+                loop.set_task_factory(previous_factory)
+            if loop.get_exception_handler() is handler:
+                loop.set_exception_handler(previous_handler)
+
+    def _make_factory(self, previous: Any) -> Callable[..., Any]:
+        origins = self._origins
+        owner_cache = self._owner_cache
+        user_cache = _user_file_cache
+        probe = self
+
+        def task_factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
+            if previous is None:
+                task = _Task(coro, loop=loop, **kwargs)
+            else:
+                task = previous(loop, coro, **kwargs)
+            try:
+                parent = _current_task(loop)
+                if parent is None:
+                    if not loop.is_running():
+                        return task  # a runner starting its coroutine: not the test's task
+                    owner = probe._callback_owner
+                else:
+                    entry = origins.get(id(parent))
+                    if entry is not None and entry[0]() is parent and entry[1].inheritable:
+                        owner = entry[1]
+                    else:
+                        cached = owner_cache.get(id(parent))
+                        if cached is not None and cached[0]() is parent:
+                            owner = cached[1]
+                        else:
+                            owner = probe._owner_from_stack(_getframe(1))
+                            owner_cache[id(parent)] = (_ref(parent), owner)
+                # the creation site: the innermost frame of user code, and its caller
+                frame = first = _getframe(1)
+                depth = 0
+                while frame is not None and depth < _SITE_DEPTH:
+                    filename = frame.f_code.co_filename
+                    user = user_cache.get(filename)
+                    if user is None:
+                        user = is_user_file(filename)
+                    if user:
+                        break
+                    frame = frame.f_back
+                    depth += 1
+                else:
+                    frame = None
+                if frame is None:
+                    site: tuple[Any, ...] = (first.f_code, first.f_lasti)
+                else:
+                    back = frame.f_back
+                    if back is None:
+                        site = (frame.f_code, frame.f_lasti)
+                    else:
+                        site = (frame.f_code, frame.f_lasti, back.f_code, back.f_lasti)
+                origins[id(task)] = (_ref(task), owner, probe._phase, site)
+                probe._created += 1
+                if len(origins) > probe._prune_at:
+                    probe._prune()
+            except Exception:  # noqa: BLE001 - never break the user's create_task
+                probe._note_error()
+            return task
+
+        return task_factory
+
+    def _prune(self) -> None:
+        origins = self._origins
+        for key in [k for k, entry in origins.items() if entry[0]() is None]:
+            del origins[key]
+        self._prune_at = max(_PRUNE_AT, 2 * len(origins))
+
+    def _entry(self, task: Any) -> tuple[Any, ...] | None:
+        entry = self._origins.get(id(task))
+        if entry is not None and entry[0]() is task:
+            return entry
+        return None
+
+    def _make_handler(self, previous: Any) -> Callable[[Any, dict[str, Any]], None]:
+        probe = self
+
+        def exception_handler(loop: Any, context: dict[str, Any]) -> None:
+            try:
+                probe._on_loop_exception(context)
+            except Exception:  # noqa: BLE001 - the context is still passed on below
+                probe._note_error()
+            if previous is not None:
+                previous(loop, context)
+            else:
+                loop.default_exception_handler(context)
+
+        return exception_handler
+
+    def _on_loop_exception(self, context: dict[str, Any]) -> None:
+        task = context.get("future") if "future" in context else context.get("task")
+        if not isinstance(task, asyncio.Task):
+            return
+        entry = self._entry(task)
+        if entry is None or not entry[1].is_the_tests or self._is_ignored(task):
+            return
+        message = str(context.get("message", ""))
+        if "never retrieved" in message and id(task) not in self._lost_ids:
+            exc = context.get("exception")
+            if isinstance(exc, BaseException):
+                self._lost_ids.add(id(task))
+                self._lost.append(self._lost_exception(task, entry, exc))
+        elif "destroyed but it is pending" in message:
+            snapshot = self._snapshot(task, entry)
+            snapshot.outcome = "destroyed"
+            self._leaked.append(snapshot)
+
+    # -- never-awaited coroutines ---------------------------------------------------
+    def _gc_event(self, phase: str, info: dict[str, Any]) -> None:
+        self._in_gc = phase == "start"
+
+    def _patch_warnings(self) -> None:
+        original = getattr(warnings, "_warn_unawaited_coroutine", None)
+        if original is None:
+            return
+        probe = self
+
+        if original is _STDLIB_WARN_UNAWAITED:
+
+            def warn_unawaited_coroutine(coro: Any) -> None:
+                probe._on_unawaited(coro, _getframe(1))
+                # The stdlib's warning, issued from here so that stacklevel=2 names the
+                # same frame as it would have (the one that dropped the coroutine).
+                msg_lines = [f"coroutine '{coro.__qualname__}' was never awaited\n"]
+                origin = getattr(coro, "cr_origin", None)
+                if origin is not None:
+                    import linecache
+
+                    msg_lines.append("Coroutine created at (most recent call last)\n")
+                    msg_lines += traceback.format_list(
+                        [(f, n, fn, linecache.getline(f, n)) for f, n, fn in reversed(origin)]
+                    )
+                msg = "".join(msg_lines).rstrip("\n")
+                warnings.warn(msg, category=RuntimeWarning, stacklevel=2, source=coro)
+
+        else:  # someone else wraps it already: call theirs
+
+            def warn_unawaited_coroutine(coro: Any) -> None:
+                probe._on_unawaited(coro, _getframe(1))
+                original(coro)
+
+        self._warn_original = original
+        self._warn_patch = warn_unawaited_coroutine
+        warnings._warn_unawaited_coroutine = warn_unawaited_coroutine  # type: ignore[attr-defined]  # undone in _unpatch_warnings
+
+    def _unpatch_warnings(self) -> None:
+        patch, self._warn_patch = self._warn_patch, None
+        if patch is not None and getattr(warnings, "_warn_unawaited_coroutine", None) is patch:
+            warnings._warn_unawaited_coroutine = self._warn_original  # type: ignore[attr-defined]
+
+    def _on_unawaited(self, coro: Any, frame: Any) -> None:
+        try:
+            if self._in_gc or threading.get_ident() != self._thread or self._warn_patch is None:
+                return  # may come from any earlier test, or another thread: not judged here
+            dropped = _raw_frames(frame)
+            origin = getattr(coro, "cr_origin", None)
+            origin_frames = [tuple(f) for f in reversed(origin)] if origin else None
+            owner = self._owner_from_frames(origin_frames or dropped) or self._phase_owner()
+            if not owner.is_the_tests:
+                return
+            name = getattr(coro, "__qualname__", None) or repr(coro)
+            self._unawaited.append(
+                UnawaitedCoroutine(name, dropped, origin_frames, _coro_defined(coro), owner, self._phase)  # type: ignore[arg-type]
+            )
+        except Exception:  # noqa: BLE001 - the warning is still issued by the caller
+            self._note_error()
+
+    def _phase_owner(self) -> Owner:
+        return _TEST_OWNER if self._phase == "call" else Owner(PHASE, phase=self._phase)
+
+    # -- who owns what --------------------------------------------------------------
+    @staticmethod
+    def _snapshot_functions(item: pytest.Item) -> list[tuple[Owner, Any]]:
+        functions: list[tuple[Owner, Any]] = []
+        info = getattr(item, "_fixtureinfo", None)
+        for argname, defs in getattr(info, "name2fixturedefs", {}).items():
+            for fixturedef in defs:
+                scope = getattr(fixturedef, "scope", "function")
+                functions.append((Owner(FIXTURE, argname, str(scope)), fixturedef.func))
+        obj = getattr(item, "obj", None)
+        functions.append((_TEST_OWNER, obj))
+        inner = getattr(getattr(obj, "hypothesis", None), "inner_test", None)
+        if inner is not None:
+            functions.append((_TEST_OWNER, inner))
+        return functions
+
+    def _owners(self) -> dict[int, Owner]:
+        owners = self._owners_by_code
+        if owners is None:
+            owners = {}
+            for owner, function in self._functions:
+                code = _code_of(function)
+                if code is not None:
+                    owners[id(code)] = owner
+                    self._codes_alive.append(code)
+            self._owners_by_code = owners
+        return owners
+
+    def _owner_from_stack(self, frame: Any) -> Owner:
+        """The owner of tasks created on this stack: the outermost test/fixture frame."""
+        owners = self._owners()
+        found = None
+        top = None
+        depth = 0
+        while frame is not None and depth < _OWNER_DEPTH:
+            hit = owners.get(id(frame.f_code))
+            if hit is not None:
+                found = hit
+            top = frame
+            frame = frame.f_back
+            depth += 1
+        if found is not None:
+            return found
+        if top is not None and self._is_infra(top.f_code.co_filename):
+            return _RUNNER_OWNER
+        return _FOREIGN_OWNER
+
+    def _owner_from_frames(self, frames: list[RawFrame]) -> Owner | None:
+        """Like _owner_from_stack, from plain frames (matched by file and function name)."""
+        owners = self._owners()
+        by_place = {(c.co_filename, c.co_name): owners[id(c)] for c in self._codes_alive if id(c) in owners}
+        found = None
+        for filename, _, function in frames:
+            hit = by_place.get((filename, function))
+            if hit is not None:
+                found = hit
+        return found
+
+    def _is_infra(self, filename: str) -> bool:
+        if self._infra is None:
+            self._infra = _infra_prefixes()
+        return os.path.abspath(filename).startswith(self._infra)
+
+    def _is_ignored(self, task: Any) -> bool:
+        if not self.settings.ignore:
+            return False
+        return self.settings.ignores(task.get_name(), _coro_qualname(task.get_coro()))
+
+    # -- the runners' shutdown seam ---------------------------------------------------
+    def _patch_runners(self) -> None:
+        for module in _runner_modules():
+            original = getattr(module, "_cancel_all_tasks", None)
+            if not callable(original):
+                continue
+            patch = self._make_runner_patch(original)
+            module._cancel_all_tasks = patch  # undone in _unpatch_runners
+            self._runner_patches.append((module, original, patch))
+
+    def _unpatch_runners(self) -> None:
+        patches, self._runner_patches = self._runner_patches, []
+        for module, original, patch in patches:
+            if getattr(module, "_cancel_all_tasks", None) is patch:
+                module._cancel_all_tasks = original
+
+    def _make_runner_patch(self, original: Callable[[Any], None]) -> Callable[[Any], None]:
+        probe = self
+
+        def _cancel_all_tasks(loop: Any) -> None:
+            probe._runner_closing(loop, original)
+
+        return _cancel_all_tasks
+
+    def _runner_closing(self, loop: asyncio.AbstractEventLoop, original: Callable[[Any], None]) -> None:
+        """A runner is about to close *loop*: check it, then cancel the rest with a bound."""
+        try:
+            self._check(loop)
+        except Exception:  # noqa: BLE001 - reported at phase end; the loop still closes
+            self._note_error()
+        try:
+            self._cancel_rest(loop)
+        except Exception:  # noqa: BLE001 - fall back to asyncio's own shutdown
+            self._note_error()
+            original(loop)
+
+    def _cancel_rest(self, loop: asyncio.AbstractEventLoop) -> None:
+        """asyncio's shutdown cancel, with the wait bounded by ``cancel_timeout``."""
+        rest = [t for t in _all_tasks(loop) if not t.done() and id(t) not in self._neutralized]
+        if not rest:
+            return
+        for task in rest:
+            task.cancel()
+        self._wait(loop, rest, self.settings.cancel_timeout)
+        for task in rest:
+            if not task.done():
+                snapshot = self._snapshot(task, self._entry(task))
+                snapshot.outcome = "ignored"
+                self._neutralize(task, snapshot)
+                self._foreign_stuck.append(snapshot)
+            elif not task.cancelled() and task.exception() is not None:
+                loop.call_exception_handler(
+                    {
+                        "message": "unhandled exception during asyncio.run() shutdown",
+                        "exception": task.exception(),
+                        "task": task,
+                    }
+                )
+
+    # -- the check ------------------------------------------------------------------
+    def _check_remaining_loops(self) -> None:
+        """End of teardown: loops that did not close during the test (wider loop scopes)."""
+        for loop in list(self._loops):
+            if id(loop) in self._checked or loop.is_running():
+                continue
+            self._check(loop)
+
+    def _wait(self, loop: asyncio.AbstractEventLoop, tasks: list[Any], timeout: float) -> None:
+        if not tasks or loop.is_closed() or loop.is_running():
+            return
+        loop.run_until_complete(asyncio.wait(tasks, timeout=timeout))
+
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Find this test's pending tasks and lost exceptions on *loop*, then cancel them."""
+        if id(loop) in self._checked:
+            return
+        self._checked.add(id(loop))
+        ours = []
+        for ref, owner, _phase, _site in list(self._origins.values()):
+            task = ref()
+            if task is None or not owner.is_the_tests or task.get_loop() is not loop:
+                continue
+            if self._is_ignored(task):
+                continue
+            ours.append(task)
+        pending = [t for t in ours if not t.done()]
+        if pending and self.settings.grace > 0 and self._test_passed():
+            self._wait(loop, pending, self.settings.grace)  # returns as soon as all are done
+        for task in ours:
+            if task.done() and not task.cancelled() and id(task) not in self._lost_ids and task._log_traceback:
+                exc = task.exception()  # retrieves it: reported here, not logged again later
+                self._lost_ids.add(id(task))
+                self._lost.append(self._lost_exception(task, self._entry(task), exc))
+        leaked = [(t, self._snapshot(t, self._entry(t))) for t in pending if not t.done()]
+        if not leaked:
+            return
+        if loop.is_closed():  # closed by someone else: these can never run again
+            for task, snapshot in leaked:
+                snapshot.outcome = "loop closed"
+                self._neutralize(task, snapshot)
+                self._leaked.append(snapshot)
+            return
+        for task, _ in leaked:
+            task.cancel()
+        self._wait(loop, [t for t, _ in leaked], self.settings.cancel_timeout)
+        for task, snapshot in leaked:
+            if not task.done():
+                snapshot.outcome = "ignored"
+                snapshot.stuck_at, snapshot.stuck_awaiting = _await_chain(task.get_coro())
+                self._neutralize(task, snapshot)
+            elif task.cancelled():
+                snapshot.outcome = "cancelled"
+            elif task.exception() is not None:
+                exc = task.exception()
+                snapshot.outcome = f"raised {type(exc).__name__}: {exc}"
+            else:
+                snapshot.outcome = "finished"
+            self._leaked.append(snapshot)
+
+    def _neutralize(self, task: Any, snapshot: TaskSnapshot) -> None:
+        """Stop a task that ignored its cancel from ever running again (module docstring)."""
+        self._neutralized_tasks.append(task)
+        self._neutralized.add(id(task))
+        try:
+            task._log_destroy_pending = False
+        except AttributeError:
+            pass
+        task.add_done_callback(_retrieve_quietly)
+        coro = task.get_coro()
+        close = getattr(coro, "close", None)
+        if close is None:
+            return
+        try:
+            close()
+        except BaseException as exc:  # noqa: BLE001 - its own problem, reported with it
+            snapshot.close_error = f"{type(exc).__name__}: {exc}"
+
+    def _snapshot(self, task: Any, entry: tuple[Any, ...] | None) -> TaskSnapshot:
+        coro = task.get_coro()
+        suspended, awaiting = _await_chain(coro)
+        if entry is None:
+            owner, phase, created = _FOREIGN_OWNER, "", []
+        else:
+            owner, phase, created = entry[1], entry[2], _site_frames(entry[3])
+        return TaskSnapshot(
+            name=task.get_name(),
+            coroutine=_coro_name(coro),
+            owner=owner,
+            phase=phase,
+            created=created,
+            defined=_coro_defined(coro),
+            suspended=suspended,
+            awaiting=awaiting,
+        )
+
+    def _lost_exception(self, task: Any, entry: tuple[Any, ...] | None, exc: BaseException) -> LostException:
+        snapshot = self._snapshot(task, entry)
+        return LostException(
+            task=snapshot,
+            type_name=type(exc).__qualname__,
+            message=str(exc),
+            raised=_frames_of_traceback(exc.__traceback__),
+        )
+
+
+def _runner_modules() -> list[Any]:
+    """Modules whose ``_cancel_all_tasks`` a loop runner calls when it closes its loop."""
+    names = ["asyncio.runners"]
+    for module_name in ("pytest_asyncio.plugin", "anyio._backends._asyncio"):
+        module = sys.modules.get(module_name)
+        runner = getattr(module, "Runner", None)
+        if runner is not None:
+            names.append(runner.__module__)
+    seen: list[Any] = []
+    for name in names:
+        module = sys.modules.get(name)
+        if module is not None and module not in seen:
+            seen.append(module)
+    return seen
