@@ -14,7 +14,7 @@ the JSON Schema shipped next to this package, ``report-schema.json``.
 
 Measurements are converted generically (:func:`to_data`): a dataclass becomes an object
 of its fields, except fields declared with ``repr=False`` (raw stacks and other bulky
-internals); a :class:`~..culprit.Culprit` becomes its ``as_dict()``; non-finite floats
+internals), plus its public properties (derived values such as an RSS growth); a :class:`~..culprit.Culprit` becomes its ``as_dict()``; non-finite floats
 become null. A new budget's measurements appear in the report without code here; its
 unit and formatting for the summary come from :data:`DESCRIPTIONS`.
 """
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import json
 import math
 import os
@@ -154,7 +155,13 @@ def to_data(obj: Any, _depth: int = 0) -> Any:
     if isinstance(obj, Culprit):
         return obj.as_dict()
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_data(getattr(obj, f.name), _depth + 1) for f in dataclasses.fields(obj) if f.repr}
+        data = {f.name: to_data(getattr(obj, f.name), _depth + 1) for f in dataclasses.fields(obj) if f.repr}
+        for name in _properties(type(obj)):  # derived values, e.g. an RSS measurement's growth
+            try:
+                data[name] = to_data(getattr(obj, name), _depth + 1)
+            except Exception:  # noqa: BLE001 - a property that cannot answer is left out
+                continue
+        return data
     if isinstance(obj, Mapping):
         return {str(k): to_data(v, _depth + 1) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -166,6 +173,17 @@ def to_data(obj: Any, _depth: int = 0) -> Any:
     if isinstance(obj, bytes):
         return obj.decode("utf-8", "replace")
     return repr(obj)
+
+
+@functools.lru_cache(maxsize=None)
+def _properties(cls: type) -> tuple[str, ...]:
+    """The public properties of a dataclass, which the report includes beside its fields."""
+    names = []
+    for klass in reversed(cls.__mro__):
+        for name, member in vars(klass).items():
+            if isinstance(member, property) and not name.startswith("_") and name not in names:
+                names.append(name)
+    return tuple(names)
 
 
 def _number(value: Any) -> float | None:
