@@ -335,23 +335,42 @@ def _width(tr: Any) -> int:
     return width
 
 
+def _module_lines(config: pytest.Config, manager: Manager) -> list[str]:
+    """Lines a budget module adds itself: its optional ``summary_lines(config, records)``.
+
+    They read this process's records, so under xdist (where the records stay on the
+    workers) they are empty.
+    """
+    from .. import budgets
+
+    out: list[str] = []
+    for module in budgets.MODULES:
+        extra = getattr(module, "summary_lines", None)
+        if extra is None:
+            continue
+        try:
+            lines = list(extra(config, manager.records))
+        except Exception:  # noqa: BLE001 - shown once with the other plugin errors
+            import traceback
+
+            manager.errors.record(f"{module.NAME}.summary_lines", traceback.format_exc())
+            continue
+        if lines:
+            out.append("")
+            out.extend(lines)
+    return out
+
+
 def write_summary(tr: Any, manager: Manager) -> None:
     """The section at the end of the session (not on xdist workers)."""
     results = manager.results
     if results.is_worker:
         return
-    errors = list(manager.errors.reported)
-    if manager.sampler.error:
-        errors.append(("stack sampler", manager.sampler.error))
-    size = manager.summary_size
-    tests = results.tests() if size > 0 else []
     gate = manager.gate
-    show = size > 0 and (tests or gate.baseline_path is not None or results.written or results.write_error)
-    if not show and not errors and not results.write_error:
-        return
-    tr.write_sep("=", "asyncbudget")
-    if show:
-        comparison = gate.compare(tests) if gate.baseline_path is not None else None
+    size = manager.summary_size
+    lines: list[tuple[str, str | None]] = []
+    tests = results.tests() if size > 0 else []
+    if size > 0 and (tests or gate.baseline_path is not None or results.written):
         verbosity = tr.config.get_verbosity() if hasattr(tr.config, "get_verbosity") else tr.config.option.verbose
         lines = summary_lines(
             tests,
@@ -359,17 +378,23 @@ def write_summary(tr: Any, manager: Manager) -> None:
             verbosity=verbosity,
             width=_width(tr),
             mode=gate.mode,
-            comparison=comparison,
+            comparison=gate.compare(tests) if gate.baseline_path is not None else None,
             baseline=gate.baseline_path,
             tolerance=gate.tolerance,
         )
-        for text, colour in lines:
-            tr.write_line(text, **({colour: True} if colour else {}))
+        lines.extend((text, None) for text in _module_lines(tr.config, manager))
         if results.written:
-            tr.write_line("")
-            tr.write_line(f"report written to {results.written}")
+            lines.extend([("", None), (f"report written to {results.written}", None)])
     if results.write_error:
-        tr.write_line(f"asyncbudget report: {results.write_error}", red=True)
+        lines.append((f"asyncbudget report: {results.write_error}", "red"))
+    errors = list(manager.errors.reported)  # read last: the lines above may have added some
+    if manager.sampler.error:
+        errors.append(("stack sampler", manager.sampler.error))
     for where, text in errors:
-        tr.write_line(f"pytest-asyncbudget internal error in {where} (budget skipped, test result untouched):", red=True)
-        tr.write_line(text.rstrip())
+        lines.append((f"pytest-asyncbudget internal error in {where} (budget skipped, test result untouched):", "red"))
+        lines.append((text.rstrip(), None))
+    if not lines:
+        return
+    tr.write_sep("=", "asyncbudget")
+    for text, colour in lines:
+        tr.write_line(text, **({colour: True} if colour else {}))
