@@ -193,6 +193,7 @@ def _function_wrapper(name: str, original: Callable[..., Any], check: Callable[.
             p = _probe
             if p is None or p.depth or _get_running_loop() is not p.loop:
                 return original(*args, **kwargs)
+            __tracebackhide__ = True  # pytest hides this frame (slow path only)
             return _blocking_call(p, name, original, args, kwargs, sys._getframe(1))
 
     else:
@@ -201,6 +202,7 @@ def _function_wrapper(name: str, original: Callable[..., Any], check: Callable[.
             p = _probe
             if p is None or p.depth or _get_running_loop() is not p.loop:
                 return original(*args, **kwargs)
+            __tracebackhide__ = True  # pytest hides this frame (slow path only)
             return _checked_call(p, name, original, check, args, kwargs, sys._getframe(1))
 
     try:
@@ -374,24 +376,28 @@ class WatchedFileIO(io.FileIO):
         p = _probe
         if p is None or p.depth or _get_running_loop() is not p.loop:
             return _FileIO_read(self, size)
+        __tracebackhide__ = True  # pytest hides this frame (slow path only)
         return _blocking_call(p, "io.FileIO.read", _FileIO_read, (self, size), {}, sys._getframe(1))
 
     def readall(self) -> Any:
         p = _probe
         if p is None or p.depth or _get_running_loop() is not p.loop:
             return _FileIO_readall(self)
+        __tracebackhide__ = True  # pytest hides this frame (slow path only)
         return _blocking_call(p, "io.FileIO.read", _FileIO_readall, (self,), {}, sys._getframe(1))
 
     def readinto(self, buffer: Any, /) -> Any:
         p = _probe
         if p is None or p.depth or _get_running_loop() is not p.loop:
             return _FileIO_readinto(self, buffer)
+        __tracebackhide__ = True  # pytest hides this frame (slow path only)
         return _blocking_call(p, "io.FileIO.read", _FileIO_readinto, (self, buffer), {}, sys._getframe(1))
 
     def write(self, data: Any, /) -> Any:
         p = _probe
         if p is None or p.depth or _get_running_loop() is not p.loop:
             return _FileIO_write(self, data)
+        __tracebackhide__ = True  # pytest hides this frame (slow path only)
         return _blocking_call(p, "io.FileIO.write", _FileIO_write, (self, data), {}, sys._getframe(1))
 
 
@@ -490,6 +496,7 @@ def _open_wrapper(*args: Any, **kwargs: Any) -> Any:
     p = _probe
     if p is None or p.thread != _get_ident():
         return _real_open(*args, **kwargs)
+    __tracebackhide__ = True  # pytest hides this frame (slow path only)
     return _open_on_test_thread(p, args, kwargs, sys._getframe(1))
 
 
@@ -542,6 +549,7 @@ class WatchedLock:
             return True
         if timeout == 0:
             return self._lock.acquire(blocking, timeout)
+        __tracebackhide__ = True  # pytest hides this frame (slow path only)
         return _blocking_call(p, self._name, self._lock.acquire, (blocking, timeout), {}, sys._getframe(1))
 
     __enter__ = acquire
@@ -626,6 +634,7 @@ def _sqlite_connect_wrapper(name: str, original: Callable[..., Any]) -> Callable
             kwargs = {**kwargs, "factory": _sqlite_classes()[0]}
         if p.depth or _get_running_loop() is not p.loop:
             return original(*args, **kwargs)
+        __tracebackhide__ = True  # pytest hides this frame (slow path only)
         return _blocking_call(p, name, original, args, kwargs, sys._getframe(1))
 
     functools.update_wrapper(connect, original)
