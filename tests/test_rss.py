@@ -553,6 +553,7 @@ def test_fallback_is_exact_when_the_lifetime_peak_rises_and_a_lower_bound_otherw
     assert "RSS grew at least 1" in second, second
     assert "lower bound: sampled every 2 ms" in second, second
     assert "a shorter spike can be missed" in second, second
+    result.stdout.fnmatch_lines(["max_rss: 2 of 3 peaks are lower bounds (sampled every 2 ms*"])
 
 
 # -- the plugin must never harm the suite ---------------------------------------------------

@@ -8,6 +8,7 @@ went over the limit; later phases of the same test only note that it stayed over
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     import pytest
 
     from ..probes.base import ProbeContext
+    from ..record import TestRecord
 
 NAME = "max_rss"
 INI = "asyncbudget_max_rss"
@@ -159,3 +161,22 @@ def _finding(budget: RssBudget, m: RssMeasurement) -> Finding:
             "method": m.method,
         },
     )
+
+
+# -- summary -----------------------------------------------------------------------------
+def summary_lines(config: pytest.Config, records: Iterable[TestRecord]) -> list[str]:
+    """One line when some peaks are only lower bounds (no resettable high-water mark here)."""
+    measured = inexact = 0
+    method = ""
+    for record in records:
+        per_phase = record.measurements.get(NAME)
+        if not per_phase:
+            continue
+        measured += 1
+        last = list(per_phase.values())[-1]
+        if not last.exact:
+            inexact += 1
+            method = last.method
+    if not inexact:
+        return []
+    return [f"max_rss: {inexact} of {measured} peaks are lower bounds ({method}); a shorter spike can be missed"]
