@@ -11,7 +11,8 @@ C types cannot be patched by ``setattr``; for the three that matter the objects 
 
 * files: ``open()`` called on the test's thread, from the user's code, builds the usual
   ``TextIOWrapper``/``Buffered*`` stack over :class:`WatchedFileIO`, a Python subclass of
-  ``io.FileIO``. The C buffered layer calls the raw file's ``readinto``/``readall``/
+  ``io.FileIO`` (unbuffered binary files, ``buffering=0``, are left unwatched: the caller
+  would get the raw object itself, of another type). The C buffered layer calls the raw file's ``readinto``/``readall``/
   ``write`` by name, so every real read or write system call (not a buffered write that
   only fills memory) passes through Python. The object the caller gets has the usual
   type; no reference cycle is made, so files still close when dropped.
@@ -455,9 +456,11 @@ def _watched_open(
         return None
     if not binary and encoding is None and sys.flags.warn_default_encoding:
         return None
-    if buffering == 0 and not binary:
-        return None
+    if buffering == 0:
+        return None  # unbuffered: the caller would get the raw file itself, of another type
     rawmode = ("x" if creating else "r" if reading else "w" if writing else "a") + ("+" if updating else "")
+    if not isinstance(file, int):
+        file = os.fspath(file)  # as io.open does: f.name is the str/bytes path
     raw = WatchedFileIO(file, rawmode, closefd, opener=opener)
     result: Any = raw
     try:
@@ -469,8 +472,6 @@ def _watched_open(
             buffering = getattr(raw, "_blksize", io.DEFAULT_BUFFER_SIZE)
             if buffering <= 1:
                 buffering = io.DEFAULT_BUFFER_SIZE
-        if buffering == 0:
-            return raw
         if updating:
             buffer: Any = io.BufferedRandom(raw, buffering)
         elif creating or writing or appending:
@@ -503,7 +504,9 @@ def _open_wrapper(*args: Any, **kwargs: Any) -> Any:
 def _open_on_test_thread(p: Watcher, args: tuple[Any, ...], kwargs: dict[str, Any], caller: FrameType) -> Any:
     __tracebackhide__ = True
     token = None
-    if not p.depth and _get_running_loop() is p.loop:
+    target = args[0] if args else kwargs.get("file")
+    # open(fd) wraps a descriptor that is already open: no file system call, not blocking
+    if not p.depth and not isinstance(target, int) and _get_running_loop() is p.loop:
         token = p.enter("builtins.open", caller)
     watch = p.watchable(caller)
     p.depth += 1
