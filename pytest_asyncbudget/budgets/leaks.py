@@ -150,7 +150,7 @@ def default(config: pytest.Config) -> LeakBudget | None:
         return LeakBudget()
     try:
         enabled = config.getini(INI)
-    except ValueError as exc:
+    except (ValueError, pytest.UsageError) as exc:  # pytest 9 raises UsageError itself
         raise pytest.UsageError(f"{INI}: {exc} (write true or false)") from None
     return LeakBudget() if enabled else None
 
@@ -225,21 +225,31 @@ def _where(frames: list[RawFrame]) -> str:
     return "unknown"
 
 
-def _creation(task: TaskSnapshot) -> tuple[Culprit | None, list[str]]:
-    """The culprit for where a task was created, with a note when it is not user code."""
+#: Functions that only pass a coroutine on to the loop: never "where" a task was created.
+_PLUMBING = frozenset({"create_task", "ensure_future", "_ensure_future", "run_coroutine_threadsafe"})
+
+
+def _creation(task: TaskSnapshot) -> tuple[Culprit | None, list[str], bool]:
+    """The culprit for a task's creation, notes when that is not user code, and whether
+    the culprit is the creating line (True) or only where its coroutine is defined."""
     culprit = culprit_from(task.created)
     if culprit is not None:
-        return culprit, []
+        return culprit, [], True
     notes = []
-    if task.created:
-        filename, line, function = task.created[0]
+    library = [f for f in task.created if f[2] not in _PLUMBING] or task.created
+    if library:
+        filename, line, function = library[0]
         notes.append(f"created in library code ({filename}:{line} in {function}), no frame of your code on the stack")
     if task.defined is not None:
         defined = culprit_from([task.defined])
         if defined is not None:
             notes.append("culprit: where its coroutine function is defined")
-            return defined, notes
-    return None, notes
+            return defined, notes, False
+    return None, notes, False
+
+
+def _created_by(task: TaskSnapshot, at_culprit: bool) -> str:
+    return f"created by {task.owner.describe()}" + (" (culprit line)" if at_culprit else "")
 
 
 def _suspended(frames: list[RawFrame], awaiting: str | None) -> str:
@@ -262,16 +272,12 @@ def _task_data(task: TaskSnapshot, culprit: Culprit | None) -> dict[str, object]
 
 
 def _leak_finding(task: TaskSnapshot) -> Finding:
-    culprit, notes = _creation(task)
+    culprit, notes, at_culprit = _creation(task)
     if task.outcome == "destroyed":
         title = f"task {task.name!r} running {task.coroutine} was garbage-collected while still pending"
     else:
         title = f"task {task.name!r} running {task.coroutine} was still pending after the test"
-    details = [
-        f"created by {task.owner.describe()} (culprit line)",
-        *notes,
-        f"suspended at: {_suspended(task.suspended, task.awaiting)}",
-    ]
+    details = [_created_by(task, at_culprit), *notes, f"suspended at: {_suspended(task.suspended, task.awaiting)}"]
     if task.outcome.startswith("raised"):
         details.append(f"when cancelled by the plugin it {task.outcome}")
     details.append("fix: await it, cancel and await it, or run it in a TaskGroup before the test ends")
@@ -279,10 +285,10 @@ def _leak_finding(task: TaskSnapshot) -> Finding:
 
 
 def _stuck_finding(task: TaskSnapshot, m: LeakMeasurement, foreign: bool = False) -> Finding:
-    culprit, notes = _creation(task)
+    culprit, notes, at_culprit = _creation(task)
     timeout = format_duration(m.settings.cancel_timeout)
     title = f"task {task.name!r} running {task.coroutine} ignored its cancellation: still running {timeout} after cancel()"
-    details = [f"created by {task.owner.describe()}" + (" (culprit line)" if culprit else ""), *notes]
+    details = [_created_by(task, at_culprit), *notes]
     if foreign:
         details.append("it was still running when its loop closed at the end of this test")
     if task.suspended:
@@ -299,10 +305,10 @@ def _stuck_finding(task: TaskSnapshot, m: LeakMeasurement, foreign: bool = False
 
 def _lost_finding(lost: Any) -> Finding:
     task = lost.task
-    culprit, notes = _creation(task)
+    culprit, notes, at_culprit = _creation(task)
     message = f": {lost.message}" if lost.message else ""
     title = f"task {task.name!r} running {task.coroutine} raised {lost.type_name}{message}, and nobody retrieved it"
-    details = [f"created by {task.owner.describe()} (culprit line)", *notes]
+    details = [_created_by(task, at_culprit), *notes]
     if lost.raised:
         details.append(f"raised at: {_where(lost.raised)}")
     details.append("fix: await the task (or call .result()/.exception()), or use a TaskGroup")

@@ -338,7 +338,7 @@ def _public_name(module: str, code: Any) -> str:
     exported = getattr(package, name, None)
     if getattr(exported, "__code__", None) is code:
         return f"{package.__name__}.{name}"  # type: ignore[union-attr]
-    return f"{module}.{name}"
+    return f"{module}.{getattr(code, 'co_qualname', name)}"
 
 
 def _first_attr(obj: Any, names: tuple[str, ...]) -> Any:
@@ -383,7 +383,7 @@ class LeakProbe(Probe):
         self.settings = settings
         self._item = context.item
         self._thread = threading.get_ident()
-        #: id(task) -> (weakref, owner, phase, site); see the module docstring.
+        #: id(task) -> (weakref, owner, phase, site, coroutine code); see the module docstring.
         self._origins: dict[int, tuple[Any, ...]] = {}
         self._prune_at = _PRUNE_AT
         self._created = 0
@@ -515,7 +515,7 @@ class LeakProbe(Probe):
                         if cached is not None and cached[0]() is parent:
                             owner = cached[1]
                         else:
-                            owner = probe._owner_from_stack(_getframe(1))
+                            owner = probe._owner_from_stack(_getframe(1), parent)
                             owner_cache[id(parent)] = (_ref(parent), owner)
                 # the creation site: the innermost frame of user code, and its caller
                 frame = first = _getframe(1)
@@ -531,15 +531,21 @@ class LeakProbe(Probe):
                     depth += 1
                 else:
                     frame = None
-                if frame is None:
+                if frame is None:  # library code only: keep a few frames to name it
                     site: tuple[Any, ...] = (first.f_code, first.f_lasti)
+                    back = first.f_back
+                    for _ in range(2):
+                        if back is None:
+                            break
+                        site += (back.f_code, back.f_lasti)
+                        back = back.f_back
                 else:
                     back = frame.f_back
                     if back is None:
                         site = (frame.f_code, frame.f_lasti)
                     else:
                         site = (frame.f_code, frame.f_lasti, back.f_code, back.f_lasti)
-                origins[id(task)] = (_ref(task), owner, probe._phase, site)
+                origins[id(task)] = (_ref(task), owner, probe._phase, site, getattr(coro, "cr_code", None))
                 probe._created += 1
                 if len(origins) > probe._prune_at:
                     probe._prune()
@@ -558,6 +564,24 @@ class LeakProbe(Probe):
     def _entry(self, task: Any) -> tuple[Any, ...] | None:
         entry = self._origins.get(id(task))
         if entry is not None and entry[0]() is task:
+            return entry
+        return None
+
+    def _dying_entry(self, task: Any) -> tuple[Any, ...] | None:
+        """The entry of *task* while asyncio reports it from ``Task.__del__``.
+
+        The cyclic garbage collector clears weak references before it runs finalizers,
+        so the entry's reference may already be dead: then the entry is taken as this
+        task's when its address and its coroutine's code match.
+        """
+        entry = self._origins.get(id(task))
+        if entry is None:
+            return None
+        alive = entry[0]()
+        if alive is task:
+            return entry
+        code = getattr(task.get_coro(), "cr_code", None)
+        if alive is None and code is not None and entry[4] is code:
             return entry
         return None
 
@@ -580,7 +604,7 @@ class LeakProbe(Probe):
         task = context.get("future") if "future" in context else context.get("task")
         if not isinstance(task, asyncio.Task):
             return
-        entry = self._entry(task)
+        entry = self._dying_entry(task)
         if entry is None or not entry[1].is_the_tests or self._is_ignored(task):
             return
         message = str(context.get("message", ""))
@@ -685,9 +709,14 @@ class LeakProbe(Probe):
             self._owners_by_code = owners
         return owners
 
-    def _owner_from_stack(self, frame: Any) -> Owner:
-        """The owner of tasks created on this stack: the outermost test/fixture frame."""
+    def _owner_from_stack(self, frame: Any, parent: Any) -> Owner:
+        """The owner of tasks *parent* creates now: the outermost test/fixture frame.
+
+        The walk stops at *parent*'s outermost coroutine frame: above it are the event
+        loop's frames, not the task's.
+        """
         owners = self._owners()
+        root = getattr(parent.get_coro(), "cr_frame", None)
         found = None
         top = None
         depth = 0
@@ -696,6 +725,8 @@ class LeakProbe(Probe):
             if hit is not None:
                 found = hit
             top = frame
+            if frame is root:
+                break
             frame = frame.f_back
             depth += 1
         if found is not None:
@@ -751,6 +782,9 @@ class LeakProbe(Probe):
 
     def _runner_closing(self, loop: asyncio.AbstractEventLoop, original: Callable[[Any], None]) -> None:
         """A runner is about to close *loop*: check it, then cancel the rest with a bound."""
+        if threading.get_ident() != self._thread:
+            original(loop)  # asyncio.run() in a worker thread: none of this test's loops
+            return
         try:
             self._check(loop)
         except Exception:  # noqa: BLE001 - reported at phase end; the loop still closes
@@ -803,8 +837,8 @@ class LeakProbe(Probe):
             return
         self._checked.add(id(loop))
         ours = []
-        for ref, owner, _phase, _site in list(self._origins.values()):
-            task = ref()
+        for entry in list(self._origins.values()):
+            task, owner = entry[0](), entry[1]
             if task is None or not owner.is_the_tests or task.get_loop() is not loop:
                 continue
             if self._is_ignored(task):
