@@ -65,7 +65,7 @@ SCHEMA = "asyncbudget-report/1"
 #: The attribute a worker's teardown report carries its test entry in (a JSON string).
 _REPORT_ATTR = "asyncbudget_entry"
 #: Reports of up to this many tests are indented for people; larger ones are compact.
-_INDENTED_UP_TO = 2000
+_INDENTED_UP_TO = 200
 
 
 def schema_path() -> str:
@@ -146,22 +146,35 @@ def check_report_path(path: str) -> str:
 # -- plain data ----------------------------------------------------------------------------
 def to_data(obj: Any, _depth: int = 0) -> Any:
     """*obj* as JSON-ready data (see the module docstring for the rules)."""
-    if obj is None or isinstance(obj, (bool, int, str)):
+    kind = type(obj)
+    if obj is None or kind is str or kind is int or kind is bool:
         return obj
-    if isinstance(obj, float):
+    if kind is float:
         return obj if math.isfinite(obj) else None
     if _depth > 12:
         return repr(obj)
-    if isinstance(obj, Culprit):
+    if kind is list or kind is tuple:
+        return [to_data(v, _depth + 1) for v in obj]
+    if kind is dict:
+        return {str(k): to_data(v, _depth + 1) for k, v in obj.items()}
+    if kind is Culprit:
         return obj.as_dict()
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        data = {f.name: to_data(getattr(obj, f.name), _depth + 1) for f in dataclasses.fields(obj) if f.repr}
-        for name in _properties(type(obj)):  # derived values, e.g. an RSS measurement's growth
+    if hasattr(kind, "__dataclass_fields__"):
+        fields, properties = _shape(kind)
+        data = {name: to_data(getattr(obj, name), _depth + 1) for name in fields}
+        for name in properties:  # derived values, e.g. an RSS measurement's growth
             try:
                 data[name] = to_data(getattr(obj, name), _depth + 1)
             except Exception:  # noqa: BLE001 - a property that cannot answer is left out
                 continue
         return data
+    # rarer types, and subclasses of the above
+    if isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Culprit):
+        return obj.as_dict()
     if isinstance(obj, Mapping):
         return {str(k): to_data(v, _depth + 1) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
@@ -176,26 +189,37 @@ def to_data(obj: Any, _depth: int = 0) -> Any:
 
 
 @functools.lru_cache(maxsize=None)
-def _properties(cls: type) -> tuple[str, ...]:
-    """The public properties of a dataclass, which the report includes beside its fields."""
-    names = []
+def _shape(cls: type) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """A dataclass's shown fields (``repr=True``) and public properties, computed once per class."""
+    fields = tuple(f.name for f in dataclasses.fields(cls) if f.repr)
+    properties: list[str] = []
     for klass in reversed(cls.__mro__):
         for name, member in vars(klass).items():
-            if isinstance(member, property) and not name.startswith("_") and name not in names:
-                names.append(name)
-    return tuple(names)
+            if isinstance(member, property) and not name.startswith("_") and name not in properties:
+                properties.append(name)
+    return fields, tuple(properties)
 
 
 def _number(value: Any) -> float | None:
     """A finite int or float as it is (bytes stay whole), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    kind = type(value)
+    if kind is int:
+        return value
+    if kind is not float and (kind is bool or not isinstance(value, (int, float))):
         return None
     return value if math.isfinite(value) else None
 
 
 def _worst(verdicts: list[Verdict]) -> Verdict:
     """The verdict that stands for the budget: a failing one first, then the largest value."""
-    return max(verdicts, key=lambda v: (not v.passed, _number(v.measured) if _number(v.measured) is not None else -math.inf))
+    if len(verdicts) == 1:
+        return verdicts[0]
+
+    def key(verdict: Verdict) -> tuple[bool, float]:
+        value = _number(verdict.measured)
+        return (not verdict.passed, -math.inf if value is None else value)
+
+    return max(verdicts, key=key)
 
 
 def _finding_data(finding: Any) -> dict[str, Any]:
@@ -207,22 +231,31 @@ def _finding_data(finding: Any) -> dict[str, Any]:
     }
 
 
-def _budget_entry(record: TestRecord, name: str, verdicts: list[Verdict], gate: Gate) -> dict[str, Any]:
-    info = describe(name)
+def _phases(record: TestRecord, name: str, verdicts: list[Verdict]) -> dict[str, Any]:
+    """Every phase's verdict, with its events (findings) and the probe's raw measurement."""
     budget = record.budgets.get(name)
+    measurements = record.measurements.get(name, {})
     phases: dict[str, Any] = {}
     for verdict in verdicts:
-        measurement = record.measurements.get(name, {}).get(verdict.phase)
         phases[verdict.phase] = {
             "verdict": "measured" if budget is None else ("passed" if verdict.passed else "failed"),
             "measured": _number(verdict.measured),
             "limit": _number(verdict.limit),
             "headline": verdict.headline,
             "findings": [_finding_data(f) for f in verdict.findings],
-            "measurement": to_data(measurement),
+            "measurement": to_data(measurements.get(verdict.phase)),
         }
+    return phases
+
+
+def _budget_entry(record: TestRecord, name: str, verdicts: list[Verdict], gate: Gate, detail: bool) -> dict[str, Any]:
+    info = describe(name)
+    budget = record.budgets.get(name)
+    phases: dict[str, Any] = {}
     if verdicts:
         worst = _worst(verdicts)
+        if detail:
+            phases = _phases(record, name, verdicts)
         measured, limit, phase = _number(worst.measured), _number(worst.limit), worst.phase
         culprit = next((f.culprit for f in worst.findings if f.culprit is not None), None)
         if not worst.passed:
@@ -252,15 +285,19 @@ def _budget_entry(record: TestRecord, name: str, verdicts: list[Verdict], gate: 
     }
 
 
-def test_entry(record: TestRecord, gate: Gate) -> dict[str, Any]:
-    """One test as plain data: the form the summary, the report and xdist share."""
+def test_entry(record: TestRecord, gate: Gate, detail: bool = True) -> dict[str, Any]:
+    """One test as plain data: the form the summary, the report and xdist share.
+
+    Without *detail*, ``phases`` is left empty: enough for the summary and JUnit
+    properties, at a fraction of the cost.
+    """
     by_budget: dict[str, list[Verdict]] = {name: [] for name in record.budgets}
     for verdict in record.verdicts:
         by_budget.setdefault(verdict.budget, []).append(verdict)
     budgets = {}
     for name, verdicts in by_budget.items():
         if verdicts or name in record.not_measured:
-            budgets[name] = _budget_entry(record, name, verdicts, gate)
+            budgets[name] = _budget_entry(record, name, verdicts, gate, detail)
     return {"id": record.nodeid, "loop": record.loop, "outcome": record.outcome, "budgets": budgets}
 
 
@@ -379,8 +416,10 @@ def _write_json(path: str, document: Mapping[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(prefix=".asyncbudget-", suffix=".json", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
-            indent = 2 if len(document.get("tests", ())) <= _INDENTED_UP_TO else None
-            json.dump(document, file, indent=indent, allow_nan=False)
+            if len(document.get("tests", ())) <= _INDENTED_UP_TO:
+                file.write(json.dumps(document, indent=2, allow_nan=False))
+            else:  # json's C encoder only runs without indent, and in one go (dumps, not dump)
+                file.write(json.dumps(document, allow_nan=False, separators=(",", ":")))
             file.write("\n")
         os.replace(tmp, path)
     except BaseException:
@@ -427,7 +466,7 @@ class Results:
         if not (self.junit or self.is_worker):
             return
         try:
-            entry = test_entry(record, self.gate)
+            entry = test_entry(record, self.gate, detail=self.report_on)
             if self.junit:
                 props = junit_properties(entry)
                 item.user_properties.extend(props)
@@ -466,7 +505,7 @@ class Results:
             entries = dict(self._entries)
             for nodeid, record in self._records.items():
                 try:
-                    entries[nodeid] = test_entry(record, self.gate)
+                    entries[nodeid] = test_entry(record, self.gate, detail=self.report_on)
                 except Exception:  # noqa: BLE001
                     self.errors.record("report entry", traceback.format_exc())
             self._tests = [entries[nodeid] for nodeid in sorted(entries)]  # the same order with xdist
