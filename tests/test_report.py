@@ -245,7 +245,8 @@ def test_junit_xml_has_the_measurements_as_properties(suite, tmp_path, family):
     assert "asyncbudget.max_loop_lag.gate" not in clean
     memory = props["test_memory"]
     assert memory["asyncbudget.max_rss.unit"] == "bytes"
-    assert int(float(memory["asyncbudget.max_rss.measured"])) >= 8 * 2**20
+    assert int(memory["asyncbudget.max_rss.measured"]) >= 8 * 2**20  # whole bytes, not 1.6e+07
+    assert memory["asyncbudget.max_rss.limit"] == str(2**30)
     # without a default budget or the report, unmarked tests are not measured: no properties
     assert not any(name.startswith("asyncbudget.") for name in props["test_unmarked"])
     assert not any(name.startswith("asyncbudget.") for name in props["test_sync"])

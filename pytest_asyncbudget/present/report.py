@@ -303,7 +303,12 @@ def test_entry(record: TestRecord, gate: Gate, detail: bool = True) -> dict[str,
 
 # -- JUnit XML -----------------------------------------------------------------------------
 def _prop(value: float | None) -> str:
-    return "" if value is None else format(value, ".6g")
+    """Whole numbers (bytes, counts) exactly; others to 6 significant digits."""
+    if value is None:
+        return ""
+    if isinstance(value, int) or float(value).is_integer():
+        return str(int(value))
+    return format(value, ".6g")
 
 
 def junit_properties(entry: Mapping[str, Any]) -> list[tuple[str, str]]:
