@@ -336,3 +336,26 @@ def test_rows_with_a_budget_are_ordered_by_share_used(tests):
     # each test at most once
     ids = [t["id"] for t, _ in rows]
     assert len(ids) == len(set(ids))
+
+
+@settings(max_examples=300, deadline=None)
+@given(text=_names, width=st.integers(min_value=0, max_value=130))
+def test_shorten_keeps_the_end_within_the_width(text, width):
+    from pytest_asyncbudget.present.terminal import _shorten
+
+    short = _shorten(text, width)
+    assert len(short) <= max(width, 0)
+    if len(text) <= width:
+        assert short == text
+    elif width > 3:
+        assert short.startswith("...") and text.endswith(short[3:])
+
+
+def test_shorten_drops_whole_directories_first():
+    from pytest_asyncbudget.present.terminal import _shorten
+
+    nodeid = "tests/integration/api/test_orders.py::test_list[uvloop]"
+    assert _shorten(nodeid, 60) == nodeid
+    assert _shorten(nodeid, 48) == ".../api/test_orders.py::test_list[uvloop]"
+    assert _shorten(nodeid, 40) == ".../test_orders.py::test_list[uvloop]"
+    assert _shorten(nodeid, 30) == "...rders.py::test_list[uvloop]"  # no directory fits: cut mid-word

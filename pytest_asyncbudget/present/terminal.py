@@ -139,11 +139,22 @@ _TEST, _CULPRIT = 1, 6
 
 
 def _shorten(text: str, width: int) -> str:
-    """*text* in *width* characters, cut from the left (the end of an id or path matters most)."""
+    """*text* in *width* characters, cut from the left (the end of an id or path matters most).
+
+    Whole leading directories go first (``.../test_api.py::test_x``); only when that is
+    not enough is the text cut mid-word.
+    """
     if len(text) <= width:
         return text
     if width <= len(_ELLIPSIS):
         return text[-width:] if width > 0 else ""
+    path_end = text.find("::")
+    slash = text.find("/", 0, path_end if path_end >= 0 else len(text))
+    while slash >= 0:
+        candidate = _ELLIPSIS + text[slash:]
+        if len(candidate) <= width:
+            return candidate
+        slash = text.find("/", slash + 1, path_end if path_end >= 0 else len(text))
     return _ELLIPSIS + text[-(width - len(_ELLIPSIS)) :]
 
 
