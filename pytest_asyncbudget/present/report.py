@@ -96,7 +96,7 @@ DESCRIPTIONS: dict[str, BudgetInfo] = {
     "max_loop_lag": BudgetInfo("longest loop block", "max lag", "s", format_duration),
     "no_blocking": BudgetInfo("blocking calls on the loop", "blocked", "s", format_duration),
     "no_leaked_tasks": BudgetInfo("leaked tasks", "leaked", "count", _count),
-    "max_rss": BudgetInfo("RSS growth (peak RSS for absolute budgets)", "measured", "bytes", format_size),
+    "max_rss": BudgetInfo("RSS growth, or peak RSS for absolute budgets", "measured", "bytes", format_size),
 }
 
 
