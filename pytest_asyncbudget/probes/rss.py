@@ -110,10 +110,6 @@ class Meter:
     #: How the peak is obtained, in a few words, for the report.
     method = ""
 
-    def rss(self) -> int:
-        """The current RSS in bytes."""
-        raise NotImplementedError
-
     def start(self) -> int:
         """A test starts: reset what can be reset, and return the baseline RSS."""
         raise NotImplementedError
@@ -171,9 +167,6 @@ class ClearRefsMeter(Meter):
     """Linux: reset the kernel's high-water mark at the start, read it at each phase end."""
 
     method = "kernel high-water mark, reset when setup started"
-
-    def rss(self) -> int:
-        return _linux_rss()
 
     def start(self) -> int:
         _clear_refs()
@@ -277,9 +270,6 @@ class FallbackMeter(Meter):
         self._lifetime_peak, name = _lifetime_peak_reader()
         self.method = f"sampled every {SAMPLE_INTERVAL * 1e3:g} ms (the {name} high-water mark cannot be reset here)"
         self._sampler = _Sampler(self._rss)
-
-    def rss(self) -> int:
-        return self._rss()
 
     def start(self) -> int:
         return self._rss()
