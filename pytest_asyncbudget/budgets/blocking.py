@@ -257,6 +257,8 @@ def judge(budget: BlockingBudget | None, m: BlockingMeasurement) -> Verdict:
     else:
         distinct = f", {len(calls)} distinct" if len(calls) > 1 else ""
         headline = f"no_blocking failed: {count} blocking call{s} on the event loop{distinct} ({m.phase})"
+    if m.unused_allow:
+        headline += "; allowlist entries that matched nothing in this test: " + ", ".join(map(repr, m.unused_allow))
     findings = []
     for call in calls[:SHOWN]:
         details = []
