@@ -1,0 +1,234 @@
+"""Unit tests of ``no_leaked_tasks``: the marker's parser, the verdict, and the probe driven
+directly on a real loop (no pytest run in between), including its clean-up guarantees."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import gc
+import sys
+import types
+import warnings
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pytest_asyncbudget.budgets import call_marker, leaks
+from pytest_asyncbudget.probes import leaks as probes
+from pytest_asyncbudget.probes.base import ProbeContext
+
+try:
+    import uvloop
+
+    LOOPS = [asyncio.new_event_loop, uvloop.new_event_loop]
+except ImportError:  # pragma: no cover
+    LOOPS = [asyncio.new_event_loop]
+
+
+# -- the marker ---------------------------------------------------------------------------
+@given(st.floats(min_value=0, max_value=1e6, allow_nan=False), st.sampled_from(["s", "ms", "us"]))
+def test_grace_accepts_any_duration_spelling(number, unit):
+    budget = leaks.marker(grace=f"{number!r}{unit}")
+    scale = {"s": 1.0, "ms": 1e-3, "us": 1e-6}[unit]
+    assert budget.grace == pytest.approx(number * scale)
+    assert leaks.marker(grace=datetime.timedelta(seconds=number)).grace == pytest.approx(number, abs=1e-6)
+
+
+@given(st.floats(min_value=1e-9, max_value=1e6, allow_nan=False))
+def test_cancel_timeout_must_be_positive(seconds):
+    assert leaks.marker(cancel_timeout=seconds).cancel_timeout == seconds
+    with pytest.raises(ValueError, match="cancel_timeout must be more than 0"):
+        leaks.marker(cancel_timeout=0)
+
+
+@given(st.one_of(st.text(min_size=1).filter(str.strip), st.lists(st.text(min_size=1).filter(str.strip), max_size=5)))
+def test_ignore_takes_a_pattern_or_a_list(patterns):
+    budget = leaks.marker(ignore=patterns)
+    assert budget.ignore == ((patterns,) if isinstance(patterns, str) else tuple(patterns))
+
+
+@given(
+    st.one_of(
+        st.integers(),
+        st.floats(),
+        st.text(),
+        st.none(),
+        st.lists(st.integers(), max_size=3),
+        st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
+    ),
+    st.sampled_from(["enabled", "grace", "ignore", "cancel_timeout"]),
+)
+def test_any_bad_value_is_a_usage_error_never_a_crash(value, name):
+    kwargs = {name: value}
+    try:
+        budget = call_marker(leaks, (), kwargs, "test_x.py::test_x")
+    except pytest.UsageError as exc:
+        assert str(exc).startswith("test_x.py::test_x: @pytest.mark.no_leaked_tasks(")
+    else:
+        assert budget is None or isinstance(budget, leaks.LeakBudget)
+
+
+def test_marker_defaults_and_opt_out():
+    assert leaks.marker() == leaks.LeakBudget()
+    assert leaks.marker(False) is None
+    settings = leaks.LeakBudget(grace=0.5).resolve(probes.LeakSettings(cancel_timeout=2, ignore=("x",)))
+    assert settings == probes.LeakSettings(grace=0.5, cancel_timeout=2, ignore=("x",))
+
+
+def test_ignore_matches_task_name_or_coroutine_name():
+    settings = probes.LeakSettings(ignore=("metrics-*", "*.keepalive"))
+    assert settings.ignores("metrics-flusher", "flush")
+    assert settings.ignores("Task-3", "Conn.keepalive")
+    assert not settings.ignores("Task-3", "worker")
+
+
+# -- data helpers -------------------------------------------------------------------------
+def test_line_of_matches_f_lineno():
+    def where():
+        frame = sys._getframe(1)
+        return frame.f_lineno, probes._line_of(frame.f_code, frame.f_lasti)
+
+    results = [
+        where(),
+        (
+            where()
+        ),
+    ]
+    for lineno, computed in results:
+        assert lineno == computed
+
+
+# -- the probe, driven directly -----------------------------------------------------------
+async def _the_test_body(body):  # stands in for the test function
+    return await body()
+
+
+def _context():
+    item = types.SimpleNamespace(obj=_the_test_body, stash={}, _fixtureinfo=None)
+    return ProbeContext(item=item, config=None, sampler=None)  # type: ignore[arg-type]
+
+
+def _run_test(loop_factory, body, settings=probes.LeakSettings(grace=0.05, cancel_timeout=0.3)):
+    """One 'test': call phase running *body*, then the check at the end of teardown."""
+    loop = loop_factory()
+    probe = probes.LeakProbe(settings, _context())
+    try:
+        probe.phase_started("call")
+        loop.call_soon(probe.loop_started, loop)  # as the core would, once the loop runs
+        loop.run_until_complete(_the_test_body(body))
+        probe.phase_stopped("call")
+        probe.phase_started("teardown")
+        probe.phase_stopped("teardown")  # the loop outlives the test: checked here
+        return probe.measurement("teardown"), loop
+    finally:
+        loop.close()
+
+
+@pytest.mark.parametrize("loop_factory", LOOPS)
+def test_probe_finds_a_leak_and_undoes_everything(loop_factory):
+    def site():
+        return asyncio.create_task(asyncio.sleep(10), name="leak")
+
+    async def body():
+        site()
+        await asyncio.sleep(0)
+
+    before = (warnings._warn_unawaited_coroutine, list(gc.callbacks), asyncio.runners._cancel_all_tasks)
+    m, loop = _run_test(loop_factory, body)
+    assert (warnings._warn_unawaited_coroutine, list(gc.callbacks), asyncio.runners._cancel_all_tasks) == before
+    assert loop.get_task_factory() is None and loop.get_exception_handler() is None
+    assert [t.name for t in m.leaked] == ["leak"]
+    leak = m.leaked[0]
+    assert leak.owner.describe() == "the test body"
+    assert leak.outcome == "cancelled"
+    assert leak.created[0][0] == __file__ and leak.created[0][2] == "site"
+    verdict = leaks.judge(leaks.LeakBudget(), m)
+    assert not verdict.passed
+    assert verdict.headline == "no_leaked_tasks failed: 1 task leaked"
+    assert verdict.findings[0].culprit.function == "site"
+
+
+@pytest.mark.parametrize("loop_factory", LOOPS)
+def test_probe_passes_clean_code(loop_factory):
+    async def body():
+        await asyncio.gather(*(asyncio.sleep(0) for _ in range(50)))
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(asyncio.sleep(0))
+        asyncio.create_task(asyncio.sleep(0))  # finishes within the grace period
+
+    m, _ = _run_test(loop_factory, body)
+    assert m.problems == 0
+    verdict = leaks.judge(leaks.LeakBudget(), m)
+    assert verdict.passed and verdict.headline.startswith("no_leaked_tasks ok: 52 tasks created")
+
+
+@pytest.mark.parametrize("loop_factory", LOOPS)
+def test_probe_bounds_the_wait_for_a_task_that_ignores_cancel(loop_factory):
+    async def stubborn():
+        while True:
+            try:
+                await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                pass
+
+    async def body():
+        asyncio.create_task(stubborn())
+        await asyncio.sleep(0)
+
+    m, loop = _run_test(loop_factory, body)
+    assert [t.outcome for t in m.leaked] == ["ignored"]
+    assert [f[2] for f in m.leaked[0].stuck_at] == ["sleep", "stubborn"]  # innermost first
+    assert not asyncio.all_tasks(loop) or all(t.get_coro().cr_frame is None for t in asyncio.all_tasks(loop))
+
+
+def test_probe_error_is_reported_and_patches_are_still_undone(monkeypatch):
+    loop = asyncio.new_event_loop()
+    probe = probes.LeakProbe(probes.LeakSettings(), _context())
+    monkeypatch.setattr(probe, "_check_remaining_loops", lambda: 1 / 0)
+    try:
+        probe.phase_started("teardown")
+        loop.call_soon(probe.loop_started, loop)
+        loop.run_until_complete(asyncio.sleep(0))
+        with pytest.raises(ZeroDivisionError):
+            probe.phase_stopped("teardown")
+        assert loop.get_task_factory() is None and loop.get_exception_handler() is None
+        assert warnings._warn_unawaited_coroutine.__module__ == "warnings"
+        assert asyncio.runners._cancel_all_tasks.__module__ == "asyncio.runners"
+        assert probe._gc_event not in gc.callbacks
+    finally:
+        loop.close()
+
+
+def test_an_error_inside_the_task_factory_never_breaks_create_task(monkeypatch):
+    loop = asyncio.new_event_loop()
+    probe = probes.LeakProbe(probes.LeakSettings(), _context())
+    monkeypatch.setattr(probes, "_getframe", None)  # any failure inside the recording
+
+    async def body():
+        return await asyncio.create_task(asyncio.sleep(0, result=42))
+
+    try:
+        probe.phase_started("call")
+        loop.call_soon(probe.loop_started, loop)
+        assert loop.run_until_complete(body()) == 42
+        with pytest.raises(RuntimeError, match="no_leaked_tasks probe failed earlier in this test"):
+            probe.phase_stopped("call")
+    finally:
+        loop.close()
+
+
+def test_judge_does_not_fail_a_test_that_already_failed():
+    m = probes.LeakMeasurement(
+        phase="teardown",
+        judged=False,
+        settings=probes.LeakSettings(),
+        leaked=[probes.TaskSnapshot("t", "w()", probes.Owner(probes.TEST), "call", [], None)],
+        lost=[],
+        unawaited=[],
+        foreign_stuck=[],
+        tasks_created=1,
+    )
+    verdict = leaks.judge(leaks.LeakBudget(), m)
+    assert verdict.passed
+    assert verdict.headline == "no_leaked_tasks: not judged, the test did not pass (1 task leaked)"
