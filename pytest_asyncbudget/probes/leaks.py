@@ -9,22 +9,27 @@ exception handler set during the test is never clobbered.
 
 * **Task creation** - a task factory on every loop that starts running during the phase
   (``loop.set_task_factory``, chained to the loop's previous factory, so eager factories
-  and user factories keep working). Per task it records, in one small tuple: a weak
-  reference to the task, who owns it (see below), the phase, and the ``(code, f_lasti)``
-  of the innermost frame of user code on the creating stack plus its caller. Line numbers
-  are computed from ``f_lasti`` only for tasks that end up in a report. No frame object is
-  kept (that would keep the creator's locals alive), no coroutine origin tracking is
-  switched on (that slows every coroutine call, not only task creation), and entries of
-  dead tasks are pruned as the table doubles. Tasks that a runner creates to start a
-  coroutine on a loop that is not running yet (pytest-asyncio's and anyio's ``run``) are
-  not recorded at all.
+  and user factories keep working). Per task it records, in one flat tuple keyed by
+  ``id(task)``: who owns it (see below), the phase, its coroutine's code object, and the
+  ``(code, f_lasti)`` of the innermost frame of user code on the creating stack plus its
+  caller. Line numbers are computed from ``f_lasti`` only for tasks that end up in a
+  report. The tuple holds no reference to the task (so nothing lives longer than it
+  would have) and only objects the garbage collector does not track (so a test that keeps
+  100,000 tasks alive costs it no collection work); an entry is matched to a task by its
+  address *and* its coroutine's code. No frame object is kept (that would keep the
+  creator's locals alive) and no coroutine origin tracking is switched on (that slows
+  every coroutine call, not only task creation). Entries of finished tasks are pruned
+  against ``asyncio.all_tasks()`` whenever the table has grown fourfold. Tasks that a
+  runner creates to start a coroutine on a loop that is not running yet (pytest-asyncio's
+  and anyio's ``run``) are not recorded at all.
 * **Exceptions never retrieved, tasks destroyed while pending** - asyncio reports both
   from ``Task.__del__`` through ``loop.call_exception_handler``. An exception handler is
   put on each loop for the phase; it notes the contexts that concern tasks of this test and
   always passes every context on to the previous handler (or the default one), so logs,
-  anyio's own handler and user handlers see exactly what they saw before. Tasks still
-  alive at the check whose exception nobody retrieved are found from their
-  ``_log_traceback`` flag.
+  anyio's own handler and user handlers see exactly what they saw before. A task that
+  was still pending at the check and fails during the grace period is checked directly
+  (its ``_log_traceback`` flag). Like asyncio itself, the probe cannot know about a failed
+  task that something keeps alive beyond the test: its exception may yet be retrieved.
 * **Coroutines never awaited** - CPython calls ``warnings._warn_unawaited_coroutine(coro)``
   when a coroutine that never ran is destroyed. For the phase that function is replaced
   by one that notes the coroutine and the stack at that moment, then issues the very same
@@ -115,6 +120,8 @@ _all_tasks = asyncio.all_tasks
 #: The stdlib's own reporter of never-awaited coroutines (see the module docstring).
 _STDLIB_WARN_UNAWAITED: Callable[[Any], None] | None = getattr(warnings, "_warn_unawaited_coroutine", None)
 
+#: The manager's per-test state key (pytest_asyncbudget.record.STATE), imported late.
+_STATE_KEY: Any = None
 #: How far up a stack the creation-site walk looks for the user's code.
 _SITE_DEPTH = 40
 #: How far up a stack the owner walk looks for the test or a fixture.
@@ -397,8 +404,8 @@ class LeakProbe(Probe):
         self._origins: dict[int, tuple[Any, ...]] = {}
         self._prune_at = _PRUNE_AT
         self._counter = itertools.count()
-        self._owner_list: list[Owner] = []
-        self._owner_ids: dict[Owner, int] = {}
+        self._owner_list: list[Owner] = [_TEST_OWNER, _RUNNER_OWNER, _FOREIGN_OWNER, *_CALLBACK_OWNERS.values()]
+        self._owner_ids: dict[Owner, int] = {owner: i for i, owner in enumerate(self._owner_list)}
         self._phase = ""
         self._run = 0
         #: id(parent task) -> (weakref, owner index), for the current loop run.
@@ -472,9 +479,12 @@ class LeakProbe(Probe):
         )
 
     def _test_passed(self) -> bool:
-        from ..record import STATE  # late: record imports the budget registry
+        global _STATE_KEY
+        if _STATE_KEY is None:
+            from ..record import STATE  # late: record imports the budget registry
 
-        state = self._item.stash.get(STATE, None)
+            _STATE_KEY = STATE
+        state = self._item.stash.get(_STATE_KEY, None)
         return state is None or state.record.outcome == "passed"
 
     def _note_error(self) -> None:
@@ -513,7 +523,9 @@ class LeakProbe(Probe):
         owner_cache = self._owner_cache
         user_cache = _user_file_cache
         phase = self._phase
-        callback_owner = self._owner_index(_CALLBACK_OWNERS.get(phase) or Owner(CALLBACK, phase=phase))
+        callback_owner = self._owner_ids.get(_CALLBACK_OWNERS.get(phase))  # type: ignore[arg-type]
+        if callback_owner is None:
+            callback_owner = self._owner_index(Owner(CALLBACK, phase=phase))
         counter = self._counter
         probe = self
 
