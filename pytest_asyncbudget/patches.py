@@ -163,23 +163,16 @@ def _blocking_call(
             p.leave(token, _clock() - start)
 
 
-def _checked_call(
+def _answered_call(
     p: Watcher,
     name: str,
     original: Callable[..., Any],
-    check: Callable[..., Any],
+    answer: Any,
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     caller: FrameType,
 ) -> Any:
     __tracebackhide__ = True
-    try:
-        answer = check(original, args, kwargs)
-    except Exception:  # noqa: BLE001 - a bug of ours: reported by the probe, call goes ahead
-        p.check_failed(name)
-        answer = _PASS
-    if answer is _PASS:
-        return original(*args, **kwargs)
     if answer is _BLOCKS:
         return _blocking_call(p, name, original, args, kwargs, caller)
     if type(answer) is _Blocks:
@@ -197,14 +190,36 @@ def _function_wrapper(name: str, original: Callable[..., Any], check: Callable[.
             __tracebackhide__ = True  # pytest hides this frame (slow path only)
             return _blocking_call(p, name, original, args, kwargs, sys._getframe(1))
 
+    elif check is _socket_blocks:  # the hottest on the loop (asyncio's transports): inlined
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            p = _probe
+            if p is None or p.depth or _get_running_loop() is not p.loop:
+                return original(*args, **kwargs)
+            try:
+                blocks = _socket_gettimeout(args[0]) != 0.0
+            except Exception:  # noqa: BLE001 - not a socket: the original raises the error
+                blocks = False
+            if not blocks:
+                return original(*args, **kwargs)
+            __tracebackhide__ = True  # pytest hides this frame (slow path only)
+            return _blocking_call(p, name, original, args, kwargs, sys._getframe(1))
+
     else:
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             p = _probe
             if p is None or p.depth or _get_running_loop() is not p.loop:
                 return original(*args, **kwargs)
+            try:
+                answer = check(original, args, kwargs)
+            except Exception:  # noqa: BLE001 - a bug of ours: reported by the probe, call goes ahead
+                p.check_failed(name)
+                answer = _PASS
+            if answer is _PASS:
+                return original(*args, **kwargs)
             __tracebackhide__ = True  # pytest hides this frame (slow path only)
-            return _checked_call(p, name, original, check, args, kwargs, sys._getframe(1))
+            return _answered_call(p, name, original, answer, args, kwargs, sys._getframe(1))
 
     try:
         functools.update_wrapper(wrapper, original)
@@ -773,26 +788,14 @@ _MISSING: Any = object()
 class _Patch:
     """One attribute of one live module or class, with its original and our wrapper."""
 
-    __slots__ = ("target", "owner", "original", "wrapper", "had_own")
+    __slots__ = ("target", "owner", "original", "wrapper", "had_own", "attr", "ns", "expected", "is_class")
 
     def __init__(self, target: Target, owner: Any, original: Any, wrapper: Any, had_own: bool) -> None:
         self.target, self.owner, self.original, self.wrapper, self.had_own = target, owner, original, wrapper, had_own
-
-    def apply(self) -> bool:
-        current = vars(self.owner).get(self.target.attr, _MISSING)
-        if current is self.wrapper:
-            return True  # left in place earlier (restored by someone's monkeypatch): ours to undo
-        if current is not (self.original if self.had_own else _MISSING):
-            return False  # replaced by someone else: leave it to them
-        setattr(self.owner, self.target.attr, self.wrapper)
-        return True
-
-    def restore(self) -> None:
-        if vars(self.owner).get(self.target.attr, _MISSING) is self.wrapper:
-            if self.had_own:
-                setattr(self.owner, self.target.attr, self.original)
-            else:
-                delattr(self.owner, self.target.attr)
+        self.attr = target.attr
+        self.ns = vars(owner)  # a module's dict, or a class's read-only mappingproxy
+        self.expected = original if had_own else _MISSING
+        self.is_class = isinstance(owner, type)
 
 
 #: (module name, owner, attr) -> patch, for the module objects seen so far.
@@ -886,11 +889,29 @@ _applied: list[_Patch] = []
 _rebound: list[tuple[dict[str, Any], str, Any, Any]] = []
 
 
+_resolved: list[_Patch] = []
+_resolved_for = -1  # len(sys.modules) when _resolved was built
+
+
 def _apply() -> None:
-    for target in TARGETS:
-        patch = _resolve(target)
-        if patch is not None and patch.apply():
-            _applied.append(patch)
+    # The loops of _Patch.apply/restore, inlined: this runs at every phase of every test.
+    global _resolved, _resolved_for
+    if len(sys.modules) != _resolved_for:  # a module was imported (or dropped): look again
+        _resolved = [patch for patch in map(_resolve, TARGETS) if patch is not None]
+        _resolved_for = len(sys.modules)
+    applied = _applied
+    for patch in _resolved:
+        ns, attr, wrapper = patch.ns, patch.attr, patch.wrapper
+        current = ns.get(attr, _MISSING)
+        if current is patch.expected:
+            if patch.is_class:
+                setattr(patch.owner, attr, wrapper)  # type.__setattr__ keeps its caches right
+            else:
+                ns[attr] = wrapper
+            applied.append(patch)
+        elif current is wrapper:  # left in place earlier (say by a monkeypatch undo): ours to undo
+            applied.append(patch)
+        # else: replaced by someone else; leave it to them
     _scan_user_modules()
     for module, bindings in _user_modules.values():
         namespace = vars(module)
@@ -909,10 +930,19 @@ def _restore() -> None:
         namespace, attr, original, wrapper = _rebound.pop()
         if namespace.get(attr, _MISSING) is wrapper:
             namespace[attr] = original
-    while _applied:
-        patch = _applied.pop()
+    applied = _applied
+    while applied:
+        patch = applied.pop()
+        ns, attr = patch.ns, patch.attr
+        if ns.get(attr, _MISSING) is not patch.wrapper:
+            continue  # replaced by someone else after we patched: theirs now
         try:
-            patch.restore()
+            if not patch.is_class:
+                ns[attr] = patch.original
+            elif patch.had_own:
+                setattr(patch.owner, attr, patch.original)
+            else:
+                delattr(patch.owner, attr)
         except BaseException as exc:  # noqa: BLE001 - restore the rest, then raise the first
             first = first or exc
     if first is not None:
