@@ -215,13 +215,16 @@ def test_exception_never_retrieved(suite):
     suite.ini(extra=ON)
     suite.write(
         source="""
-        import asyncio, pytest
+        import asyncio, pytest, pytest_asyncio
 
         async def fail(what):
             await asyncio.sleep(0)
             raise ValueError(f"bad {what}")
 
-        KEEP = []
+        @pytest_asyncio.fixture
+        async def job():
+            task = asyncio.create_task(fail("kept"))
+            yield
 
         @pytest.mark.asyncio
         async def test_fire_and_forget():
@@ -229,8 +232,7 @@ def test_exception_never_retrieved(suite):
             await asyncio.sleep(0.05)
 
         @pytest.mark.asyncio
-        async def test_kept_but_never_awaited():
-            KEEP.append(asyncio.create_task(fail("kept")))
+        async def test_kept_by_a_fixture_never_awaited(job):
             await asyncio.sleep(0.05)
 
         @pytest.mark.asyncio
@@ -246,12 +248,13 @@ def test_exception_never_retrieved(suite):
             "*_ test_fire_and_forget _*",
             "no_leaked_tasks failed: 1 exception never retrieved",
             "  task 'Task-*' running fail() raised ValueError: bad fire, and nobody retrieved it",
-            "    culprit: test_suite.py:11 in test_fire_and_forget",
+            "    culprit: test_suite.py:14 in test_fire_and_forget",
             "    created by the test body (culprit line)",
             "    raised at: test_suite.py:5 in fail",
-            "*_ test_kept_but_never_awaited _*",
+            "*_ test_kept_by_a_fixture_never_awaited _*",
             "  task 'Task-*' running fail() raised ValueError: bad kept, and nobody retrieved it",
-            "    culprit: test_suite.py:16 in test_kept_but_never_awaited",
+            "    culprit: test_suite.py:9 in job",
+            "    created by fixture 'job' (culprit line)",
         ]
     )
 

@@ -439,6 +439,9 @@ class LeakProbe(Probe):
         self._patch_warnings()
         gc.callbacks.append(self._gc_event)
         self._patch_runners()
+        for loop in self._loops:  # loops of earlier phases: a fixture's finalizer may drop
+            if not loop.is_closed():  # a failed task before the loop runs again
+                self._patch_loop(loop)
 
     def loop_started(self, loop: asyncio.AbstractEventLoop) -> None:
         self._run += 1
