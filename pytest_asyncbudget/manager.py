@@ -70,6 +70,19 @@ class Manager:
                 item.stash[PLAN] = plan
 
     # -- running: one wrapper per phase ----------------------------------------------
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_protocol(self, item: pytest.Item, nextitem: pytest.Item | None) -> Generator[None, Any, Any]:
+        try:
+            return (yield)
+        finally:
+            # The sampler's watchdog keeps cycling between tests that measure lag, and
+            # is parked otherwise (and always after an interrupted test).
+            plan = nextitem.stash.get(PLAN, None) if nextitem is not None else None
+            if plan is None or "max_loop_lag" not in plan.budgets or not plan.is_async:
+                self.sampler.park()
+            else:
+                self.sampler.release()
+
     @pytest.hookimpl(wrapper=True, tryfirst=True)
     def pytest_runtest_setup(self, item: pytest.Item) -> Generator[None, Any, Any]:
         plan = item.stash.get(PLAN, None)

@@ -14,11 +14,14 @@ go of the GIL, as ``time.sleep`` or blocking I/O do.
 
 C code that holds the GIL for the whole block (``sum(range(10**8))``, ``json.dumps`` of
 a huge object) starves the watchdog: it cannot run a line of Python until the call
-returns, and by then the stack has moved on. For that case the watchdog arms
-``faulthandler.dump_traceback_later`` before each sleep and cancels it after. If the
-watchdog is starved past the deadline, faulthandler's own C thread, which needs no GIL,
-dumps every thread's stack to a private temporary file; the watchdog parses the loop
-thread's part once it runs again. The dump names the very line that called into C.
+returns, and by then the stack has moved on (a sample taken after such a starved nap is
+thrown away rather than blamed on the wrong line). For that case the watchdog keeps
+``faulthandler.dump_traceback_later`` armed with a deadline, re-arming it every half
+deadline. If the watchdog is starved past the deadline, faulthandler's own C thread,
+which needs no GIL, dumps every thread's stack to a private temporary file; the
+watchdog parses the loop thread's part once it runs again. The dump names the very line
+that called into C. Each re-arm starts (and joins) faulthandler's thread, so the
+deadline follows the budget rather than the sampling interval.
 This is skipped when pytest's ``faulthandler_timeout`` is set, since both would share
 faulthandler's single timer.
 
@@ -36,6 +39,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections import deque
 from typing import Protocol
 
 from .culprit import RawFrame, frames_from
@@ -51,8 +55,12 @@ class SampleTarget(Protocol):
     #: ``perf_counter()`` time the loop last left its I/O wait, or None while it waits.
     busy_since: float | None
 
-    def on_sample(self, when: float, frames: list[RawFrame]) -> None:
-        """A stack of the loop thread, innermost first, taken at ``perf_counter()`` *when*."""
+    def on_sample(self, when: float, frames: list[RawFrame], late: bool = False) -> None:
+        """A stack of the loop thread, innermost first, taken at ``perf_counter()`` *when*.
+
+        *late*: the watchdog woke well after it meant to. If the GIL was what kept it,
+        the loop has moved past the blocking call, so such a sample is only a fallback.
+        """
 
 
 _THREAD_HEADER = re.compile(r"^(?:Current thread|Thread) (0x[0-9a-fA-F]+)")
@@ -60,63 +68,79 @@ _FRAME_LINE = re.compile(r'^\s+File "(?P<file>.*)", line (?P<line>\d+|\?\?\?) in
 
 
 def parse_faulthandler_dump(text: str, thread_id: int) -> list[RawFrame]:
-    """The frames of *thread_id* in a faulthandler dump, innermost first ([] if absent)."""
-    frames: list[RawFrame] = []
-    inside = False
+    """The frames of *thread_id* in the newest dump in *text*, innermost first ([] if absent).
+
+    *text* may hold several dumps (one per deadline the watchdog missed); only the last
+    one matches the deadline the caller knows about.
+    """
+    newest: list[RawFrame] = []
+    current: list[RawFrame] | None = None
     for line in text.splitlines():
         header = _THREAD_HEADER.match(line)
         if header:
-            if inside:
-                break
-            inside = int(header.group(1), 16) == thread_id
+            current = [] if int(header.group(1), 16) == thread_id else None
+            if current is not None:
+                newest = current
             continue
-        if inside:
+        if current is not None:
             frame = _FRAME_LINE.match(line)
             if frame:
                 lineno = frame["line"]
-                frames.append((frame["file"], int(lineno) if lineno.isdigit() else 0, frame["func"]))
-            elif frames:
-                break
-    return frames
+                current.append((frame["file"], int(lineno) if lineno.isdigit() else 0, frame["func"]))
+            elif current:
+                current = None
+    return newest
 
 
-def _deadline(interval: float) -> float:
-    """faulthandler fires if the watchdog is starved this long past its wake-up time."""
-    return interval + max(interval, 0.001)
-
-
-class _Watch:
-    __slots__ = ("target", "thread_id", "threshold", "interval")
-
-    def __init__(self, target: SampleTarget, thread_id: int, threshold: float, interval: float) -> None:
-        self.target = target
-        self.thread_id = thread_id
-        self.threshold = threshold
-        self.interval = interval
+#: A watchdog nap that overruns by this much was starved of the GIL (2x the default
+#: switch interval: a busy pure-Python loop hands the GIL over within one interval).
+_STARVED = 0.010
 
 
 class StackSampler:
-    """One watchdog thread per session, sampling the loop thread's stack when it blocks."""
+    """One watchdog thread per session, sampling the loop thread's stack when it blocks.
+
+    Lifecycle: :meth:`watch` a target at the start of a test, :meth:`release` it at the
+    end, and :meth:`park` the watchdog when the next test is not measured (or at the end
+    of the session). Between consecutive measured tests the watchdog keeps cycling, so
+    switching targets costs nothing: faulthandler is armed on the test's thread only by
+    the first :meth:`watch` after a park.
+    """
 
     def __init__(self, use_faulthandler: bool = True) -> None:
         self._use_faulthandler = use_faulthandler
         self._wake = threading.Event()
-        self._watch: _Watch | None = None
+        self._target: SampleTarget | None = None
+        #: (loop thread id, sampling threshold, wake-up interval, faulthandler deadline)
+        self._settings = (0, 0.0, 0.0, 0.0)
+        self._active = False
         self._started = False
         self._dump_file = None
         self._dump_seen = 0
         self._dump_lock = threading.Lock()
-        #: When the watchdog last armed faulthandler.
+        #: When faulthandler was last armed.
         self._armed_at = 0.0
+        #: The last few (armed at, deadline): a dump is stamped with the newest deadline
+        #: that has passed, whoever reads it and however late.
+        self._arms: deque[tuple[float, float]] = deque(maxlen=8)
         #: An error raised inside the watchdog, reported by the plugin (None if all is well).
         self.error: str | None = None
 
-    def watch(self, target: SampleTarget, threshold: float, interval: float) -> None:
-        """Sample *target*'s loop (running on this thread) until :meth:`unwatch`."""
-        if self._dump_file is not None:  # a dump left from an earlier watch is stale
+    def watch(self, target: SampleTarget, threshold: float, interval: float, deadline: float) -> None:
+        """Sample *target*'s loop, which runs on this thread, until :meth:`release`.
+
+        *threshold*: how long a stretch must last before its stack is sampled.
+        *interval*: how often the watchdog wakes. *deadline*: how long the watchdog may
+        be starved of the GIL before faulthandler dumps the stacks (re-armed every
+        ``deadline / 2``, so C calls longer than *deadline* are always named).
+        """
+        if self._dump_file is not None:  # a dump left from before this target is stale
             with self._dump_lock:
                 self._dump_seen = os.fstat(self._dump_file.fileno()).st_size
-        watch = _Watch(target, threading.get_ident(), threshold, interval)
+        self._settings = (threading.get_ident(), threshold, interval, deadline)
+        self._target = target
+        if self._active:
+            return
         if not self._started:
             self._started = True
             if self._use_faulthandler:
@@ -125,74 +149,107 @@ class StackSampler:
         if self._dump_file is not None:
             # Armed here, on the loop thread: if the loop goes straight into a long C
             # call, the watchdog cannot even wake up to arm it itself.
-            self._arm(_deadline(interval))
-        self._watch = watch
+            self._arm(deadline)
+        self._active = True
         self._wake.set()
 
-    def unwatch(self) -> None:
-        """Stop sampling; a dump the watchdog has not read yet is delivered first."""
-        watch, self._watch = self._watch, None
-        self._wake.clear()
-        if watch is not None and self._dump_file is not None:
-            faulthandler.cancel_dump_traceback_later()
-            self._deliver_dump(watch, self._armed_at + _deadline(watch.interval))
+    def flush(self) -> None:
+        """Deliver, on this thread, a dump the watchdog has not read yet (cheap: one fstat)."""
+        if self._target is not None and self._dump_file is not None:
+            self._deliver_dump()
+
+    def release(self) -> None:
+        """Stop sampling the current target; the watchdog keeps cycling until :meth:`park`."""
+        if self._target is not None:
+            self.flush()
+            self._target = None
+
+    def park(self) -> None:
+        """Let the watchdog sleep until the next :meth:`watch`.
+
+        faulthandler is not cancelled here: the watchdog does that when it next wakes,
+        so the test's thread never waits for faulthandler's thread to be joined.
+        """
+        self.release()
+        if self._active:
+            self._active = False
+            self._wake.clear()
 
     # -- the watchdog thread --------------------------------------------------------
     def _run(self) -> None:
         try:
             while True:
                 self._wake.wait()
-                watch = self._watch
-                if watch is not None:
-                    self._watch_loop(watch)
+                self._cycle_until_parked()
         except BaseException as exc:  # noqa: BLE001 - a dying watchdog must say why, once
             self.error = f"{type(exc).__name__}: {exc}"
 
-    def _watch_loop(self, watch: _Watch) -> None:
-        target = watch.target
+    def _cycle_until_parked(self) -> None:
         use_dump = self._dump_file is not None
+        if use_dump:
+            self._cancel()
+            self._arm(self._settings[3])
+        last_target: SampleTarget | None = None
         last_stretch: float | None = None
-        deadline = _deadline(watch.interval)
-        armed_at = self._armed_at  # armed by watch()
         try:
-            while self._watch is watch:
-                time.sleep(watch.interval)
-                if use_dump:
+            while self._active:
+                thread_id, threshold, interval, deadline = self._settings
+                slept_at = _clock()
+                time.sleep(interval)
+                woke = _clock()
+                if use_dump and woke - self._armed_at >= deadline / 2:
                     # Cancel and re-arm back to back: neither call lets go of the GIL,
                     # so the loop thread cannot slip into a long C call while nothing
                     # is armed. Only then do anything that may release the GIL.
-                    faulthandler.cancel_dump_traceback_later()
-                    previous, armed_at = armed_at, self._arm(deadline)
-                    if self._deliver_dump(watch, previous + deadline):
-                        last_stretch = target.busy_since
+                    self._cancel()
+                    self._arm(deadline)
+                    if self._deliver_dump():
+                        target = self._target
+                        last_stretch = target.busy_since if target is not None else None
                         continue
+                target = self._target
+                if target is None:
+                    continue
+                if target is not last_target:
+                    last_target, last_stretch = target, None
                 since = target.busy_since
                 if since is None or since == last_stretch:
                     continue
-                now = _clock()
-                if now - since < watch.threshold:
+                if woke - since < threshold:
                     continue
-                frame = sys._current_frames().get(watch.thread_id)
-                if frame is not None and self._watch is watch:
+                frame = sys._current_frames().get(thread_id)
+                if frame is not None and self._target is target:
                     last_stretch = since
-                    target.on_sample(now, frames_from(frame))
+                    # Late: the OS or the GIL kept the watchdog. If it was the GIL, what
+                    # runs now came after the blocking call, so the sample is a fallback.
+                    target.on_sample(woke, frames_from(frame), woke - slept_at > interval + _STARVED)
                 del frame
         finally:
             if use_dump:
-                faulthandler.cancel_dump_traceback_later()
+                self._cancel()
 
-    def _arm(self, deadline: float) -> float:
-        armed_at = _clock()
-        self._armed_at = armed_at
+    def _cancel(self) -> None:
+        faulthandler.cancel_dump_traceback_later()
+        if self._arms:
+            at, deadline = self._arms[-1]
+            if _clock() < at + deadline:  # cancelled in time: it never fired
+                self._arms.pop()
+
+    def _arm(self, deadline: float) -> None:
+        self._armed_at = now = _clock()
+        self._arms.append((now, deadline))
         faulthandler.dump_traceback_later(deadline, file=self._dump_file)
-        return armed_at
 
-    def _deliver_dump(self, watch: _Watch, fired_at: float) -> bool:
+    def _deliver_dump(self) -> bool:
         """Hand a new faulthandler dump of the loop thread to the target, if there is one."""
         with self._dump_lock:
-            frames = self._read_dump(watch.thread_id)
-            if frames:
-                watch.target.on_sample(fired_at, frames)
+            frames = self._read_dump(self._settings[0])
+            target = self._target
+            if frames and target is not None:
+                now = _clock()
+                fired = [at + deadline for at, deadline in list(self._arms) if at + deadline <= now]
+                if fired:
+                    target.on_sample(max(fired), frames)
             return bool(frames)
 
     def _read_dump(self, thread_id: int) -> list[RawFrame]:

@@ -62,7 +62,9 @@ HEARTBEAT = 0.001
 #: Stretches shorter than this are counted but not recorded one by one.
 DEFAULT_FLOOR = 0.001
 #: Sampling threshold when the test has no lag budget (measured for the summary only).
-DEFAULT_SAMPLE_THRESHOLD = 0.010
+DEFAULT_SAMPLE_THRESHOLD = 0.020
+#: Without a budget, GIL-holding C calls longer than this are named.
+DEFAULT_FH_DEADLINE = 0.100
 #: How many of the longest stretches keep their details per phase.
 KEEP_EVENTS = 8
 
@@ -206,7 +208,12 @@ class LagProbe(Probe):
             self.floor = DEFAULT_FLOOR
             self.threshold = DEFAULT_SAMPLE_THRESHOLD
         self._interval = min(max(self.threshold / 2, 0.001), 0.010)
+        # A GIL-holding C call longer than this is named by faulthandler; faulthandler is
+        # re-armed every deadline/2, which is the sampler's main cost.
+        self._deadline = min(max(limit if limit is not None else DEFAULT_FH_DEADLINE, 0.020), 0.200)
         self._phase = ""
+        self._watching = False
+        self._samples: deque[tuple[float, list[RawFrame], bool]] = deque(maxlen=256)
         self._reset()
 
     def _reset(self) -> None:
@@ -216,12 +223,26 @@ class LagProbe(Probe):
         self._iterations = 0
         self._durations: list[float] = []
         self._kept: list[LagEvent] = []  # min-heap of the longest stretches
-        self._samples: deque[tuple[float, list[RawFrame]]] = deque(maxlen=256)
 
     # -- probe events ---------------------------------------------------------------
+    # The sampler watches this probe for the whole test (armed once, at setup), not per
+    # loop run: pytest-asyncio runs the loop several times per test, and (re)arming the
+    # sampler's faulthandler costs a thread start and join each time.
+    @property
+    def busy_since(self) -> float | None:
+        """When the running loop last left its I/O wait (None while it waits or no loop runs)."""
+        ticks = self._ticks
+        return ticks.busy_since if ticks is not None else None
+
+    def on_sample(self, when: float, frames: list[RawFrame], late: bool = False) -> None:
+        self._samples.append((when, frames, late))
+
     def phase_started(self, phase: str) -> None:
         self._phase = phase
         self._reset()
+        if not self._watching:
+            self._watching = True
+            self._sampler.watch(self, self.threshold, self._interval, self._deadline)
 
     def loop_started(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop_name = loop_name(loop)
@@ -230,19 +251,20 @@ class LagProbe(Probe):
         else:
             self._ticks = _HeartbeatTicks(loop, self.floor, self._on_blocked)
             self._precision = "heartbeat"
-        self._ticks.on_sample = self._on_sample  # type: ignore[union-attr]
-        self._sampler.watch(self._ticks, self.threshold, self._interval)  # type: ignore[arg-type]
 
     def loop_stopped(self, loop: asyncio.AbstractEventLoop) -> None:
         self._detach()
 
     def phase_stopped(self, phase: str) -> None:
         self._detach()
+        self._sampler.flush()  # a dump of a GIL-holding call may not be read yet
+        if phase == "teardown" and self._watching:
+            self._watching = False
+            self._sampler.release()
 
     def _detach(self) -> None:
         ticks, self._ticks = self._ticks, None
         if ticks is not None:
-            self._sampler.unwatch()
             ticks.detach()
             self._iterations += ticks.iterations
 
@@ -258,15 +280,18 @@ class LagProbe(Probe):
             else:
                 heapq.heapreplace(kept, event)
 
-    def _on_sample(self, when: float, frames: list[RawFrame]) -> None:
-        self._samples.append((when, frames))
-
     def _attach_sample(self, event: LagEvent) -> None:
+        """Pin the first sample inside the stretch to it, preferring on-time samples."""
         end = event.start + event.duration + 0.002
-        for when, frames in self._samples:
+        fallback = None
+        for when, frames, late in self._samples:
             if event.start <= when <= end:
-                event.frames = frames
-                return
+                if not late:
+                    event.frames = frames
+                    return
+                fallback = fallback or frames
+        if fallback is not None:
+            event.frames = fallback
 
     # -- result ---------------------------------------------------------------------
     def measurement(self, phase: str) -> LagMeasurement | None:
@@ -274,8 +299,7 @@ class LagProbe(Probe):
             return None  # no loop ran in this phase
         events = sorted(self._kept, key=lambda e: e.duration, reverse=True)
         for event in events:  # heavy work only now, and only for the few kept
-            if event.frames is None:
-                self._attach_sample(event)
+            self._attach_sample(event)  # again: a dump may have come in since
             if event.frames is not None:
                 event.culprit = culprit_from(event.frames)
         durations = self._durations
