@@ -173,11 +173,9 @@ def _answered_call(
     caller: FrameType,
 ) -> Any:
     __tracebackhide__ = True
-    if answer is _BLOCKS:
-        return _blocking_call(p, name, original, args, kwargs, caller)
     if type(answer) is _Blocks:
         return _blocking_call(p, name, original, answer.args, answer.kwargs, caller)
-    return answer  # the result of the non-blocking attempt that succeeded
+    return _blocking_call(p, name, original, args, kwargs, caller)
 
 
 def _function_wrapper(name: str, original: Callable[..., Any], check: Callable[..., Any] | None) -> Callable[..., Any]:
@@ -218,6 +216,8 @@ def _function_wrapper(name: str, original: Callable[..., Any], check: Callable[.
                 answer = _PASS
             if answer is _PASS:
                 return original(*args, **kwargs)
+            if answer is not _BLOCKS and type(answer) is not _Blocks:
+                return answer  # the result of the non-blocking attempt that succeeded
             __tracebackhide__ = True  # pytest hides this frame (slow path only)
             return _answered_call(p, name, original, answer, args, kwargs, sys._getframe(1))
 
@@ -288,11 +288,11 @@ def _event_wait_blocks(original: Any, args: tuple[Any, ...], kwargs: dict[str, A
 
 
 def _semaphore_acquire_blocks(original: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if not _arg(args, kwargs, 1, "blocking", True):
-        return _PASS
+    if not _arg(args, kwargs, 1, "blocking", True) or _no_wait(_arg(args, kwargs, 2, "timeout", None)):
+        return _PASS  # (an executor's submit does acquire(timeout=0) every time)
     if original(args[0], False):  # acquired at once: exactly what the blocking call does
         return True
-    return _PASS if _no_wait(_arg(args, kwargs, 2, "timeout", None)) else _BLOCKS
+    return _BLOCKS
 
 
 def _queue_get_blocks(original: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -317,8 +317,15 @@ def _queue_put_blocks(original: Any, args: tuple[Any, ...], kwargs: dict[str, An
         return _BLOCKS
 
 
+_FUTURE_DONE = frozenset({"FINISHED", "CANCELLED", "CANCELLED_AND_NOTIFIED"})
+
+
 def _future_wait_blocks(original: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    if _no_wait(_arg(args, kwargs, 1, "timeout", None)) or args[0].done():
+    # Read the state without the future's lock (asyncio's to_thread reads every result on
+    # the loop): a future that finishes right after this look is counted as a wait.
+    future = args[0]
+    state = getattr(future, "_state", None)
+    if (state in _FUTURE_DONE if state is not None else future.done()) or _no_wait(_arg(args, kwargs, 1, "timeout", None)):
         return _PASS
     return _BLOCKS
 
