@@ -45,6 +45,16 @@ def is_async_item(item: pytest.Item) -> bool:
     )
 
 
+def other_backend(item: pytest.Item) -> str | None:
+    """The anyio backend of *item* when it is known and is not asyncio (e.g. "trio")."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or "anyio_backend" not in callspec.params:
+        return None
+    backend = callspec.params["anyio_backend"]
+    name = backend[0] if isinstance(backend, tuple) else backend
+    return None if name == "asyncio" else str(name)
+
+
 class Manager:
     def __init__(self, config: pytest.Config) -> None:
         self.config = config
@@ -54,6 +64,8 @@ class Manager:
         self.sampler = StackSampler(use_faulthandler=faulthandler_timeout <= 0)
         self.defaults = budgets.defaults(config)
         self.records: list[TestRecord] = []
+        #: anyio backends other than asyncio -> how many collected tests run on them.
+        self.other_backends: dict[str, int] = {}
         # Summary, report and CI gating (issue 7): options checked now, at startup.
         self.gate = gating.Gate.from_config(config)
         self.summary_size = terminal.summary_size(config)
@@ -65,7 +77,12 @@ class Manager:
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         defaults, measure_all = self.defaults, self.measure_all
         for item in items:
-            plan = budgets.plan_for(item, defaults, is_async=is_async_item(item), measure_all=measure_all)
+            is_async = is_async_item(item)
+            if is_async and (backend := other_backend(item)) is not None:
+                # No asyncio event loop there: only budgets that need none apply.
+                self.other_backends[backend] = self.other_backends.get(backend, 0) + 1
+                is_async = False
+            plan = budgets.plan_for(item, defaults, is_async=is_async, measure_all=measure_all)
             if plan is not None:
                 item.stash[PLAN] = plan
 

@@ -277,6 +277,8 @@ async def test_blocks(request):
 
 async def test_kind(anyio_backend):
     name, options = anyio_backend if isinstance(anyio_backend, tuple) else (anyio_backend, {})
+    if name != "asyncio":
+        pytest.skip("not an asyncio backend")
     assert kind() == ("uvloop" if options.get("use_uvloop") else "asyncio")
 """
 
@@ -307,7 +309,9 @@ def test_anyio_tests_run_on_each_listed_loop(pytester):
     pytester.makepyfile(loopkind=_LOOP_KIND)
     pytester.makepyfile(_ANYIO_TESTS)
     result = _run(pytester, "--asyncbudget-loops=asyncio,uvloop", "-v")
-    result.assert_outcomes(failed=2, passed=2)
+    # anyio's own anyio_backend fixture also lists trio (in the test extra): kept as is.
+    result.assert_outcomes(failed=2, passed=3, skipped=1)
+    result.stdout.fnmatch_lines(["*test_blocks[[]trio[]] PASSED*"])
     result.stdout.fnmatch_lines(
         [
             "*test_kind[[]asyncio[]] PASSED*",
@@ -318,3 +322,41 @@ def test_anyio_tests_run_on_each_listed_loop(pytester):
             "max_loop_lag exceeded*",
         ]
     )
+
+
+def test_trio_backend_is_left_alone_and_said_once(pytester):
+    pytest.importorskip("trio")
+    _ini(pytester)
+    pytester.makeconftest(
+        """
+        import pytest
+
+        @pytest.fixture(params=["asyncio", "trio"])
+        def anyio_backend(request):
+            return request.param
+        """
+    )
+    pytester.makepyfile(
+        """
+        import time, pytest
+
+        pytestmark = [pytest.mark.anyio, pytest.mark.max_loop_lag("50ms")]
+
+        async def test_blocks():
+            time.sleep(0.2)
+
+        async def test_fine():
+            pass
+        """
+    )
+    result = _run(pytester, "-v", "--asyncbudget-loops=asyncio,uvloop")
+    result.assert_outcomes(failed=2, passed=4)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_blocks[[]asyncio[]] FAILED*",
+            "*test_blocks[[]uvloop[]] FAILED*",
+            "*test_blocks[[]trio[]] PASSED*",
+            "note: 2 tests on anyio's trio backend: loop budgets do not apply there (no asyncio event loop); max_rss still does",
+        ]
+    )
+    assert result.stdout.str().count("anyio's trio backend") == 1

@@ -396,6 +396,12 @@ def write_summary(tr: Any, manager: Manager) -> None:
         lines.extend((text, None) for text in _module_lines(tr.config, manager))
         if results.written:
             lines.extend([("", None), (f"report written to {results.written}", None)])
+    for backend, count in sorted(manager.other_backends.items()):
+        tests = "test" if count == 1 else "tests"
+        lines.append(
+            (f"note: {count} {tests} on anyio's {backend} backend: loop budgets do not apply there "
+             f"(no asyncio event loop); max_rss still does", None)
+        )
     if results.write_error:
         lines.append((f"asyncbudget report: {results.write_error}", "red"))
     errors = list(manager.errors.reported)  # read last: the lines above may have added some
