@@ -1,0 +1,423 @@
+#!/usr/bin/env python
+"""Wall-time overhead of pytest-asyncbudget on a callback-heavy async test suite.
+
+Generates (into a temporary directory) a suite of async tests that stress the event loop
+the ways real async code does: task switching (``await asyncio.sleep(0)`` ping-pongs
+between tasks), ``gather`` of many tasks, TCP echo over loopback, ``asyncio.Queue``
+producer/consumer and ``asyncio.to_thread``. Each test takes roughly 20-100 ms and the
+suite a few seconds.
+
+Then runs it in fresh subprocesses, interleaved round by round, in two configurations:
+
+* ``plain``  - pytest + pytest-asyncio with the plugin disabled (``-p no:asyncbudget``);
+* ``plugin`` - the plugin with every budget it offers turned on for every test through
+  its CLI options (found in ``pytest --help``; large budgets so nothing fails),
+
+on stock asyncio and on uvloop (chosen by a generated conftest implementing
+pytest-asyncio's ``pytest_asyncio_loop_factories`` hook). Within a round the order of the
+two configurations alternates (plain/plugin, then plugin/plain, ...) so drift and noise
+from other work on the machine hit both alike.
+
+Five clocks per run: the process wall time, the session time measured by a conftest hook
+(``pytest_sessionstart`` to ``pytest_sessionfinish``: collection plus the tests, without
+interpreter start-up), the "in X.XXs" pytest prints, and the CPU time (all threads) of the
+session and of the whole process; on a loaded machine the CPU clocks are the steadier.
+Reported per loop: the median of each configuration, the ratio of medians (plugin/plain),
+and the median (and IQR) of the per-round paired ratios. A run killed by a signal is
+retried, not timed, and counted. ``--per-budget`` adds one configuration per budget alone,
+for attribution.
+
+Usage::
+
+    /work/venv/bin/python benchmarks/overhead.py --rounds 15 --loops asyncio,uvloop --json out.json
+    /work/venv/bin/python benchmarks/overhead.py --durations      # per-test durations, to tune sizes
+    /work/venv/bin/python benchmarks/overhead.py --per-budget     # also each budget alone
+    /work/venv/bin/python benchmarks/overhead.py --profile        # cProfile one plugin run per loop
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as c  # noqa: E402
+
+#: Work per test at --scale 1 (tuned so each test takes ~20-100 ms on stock asyncio here).
+SIZES = {
+    "SWITCH_PAIR": 9000,  # sleep(0) rounds for each of 2 ping-ponging tasks
+    "SWITCH_MANY_TASKS": 100,  # tasks ...
+    "SWITCH_MANY_ROUNDS": 360,  # ... each doing this many sleep(0)
+    "GATHER_TASKS": 6000,  # tasks gathered at once, each awaiting sleep(0) twice
+    "TCP_ROUNDS": 1500,  # 32-byte request/response round trips over loopback
+    "QUEUE_ITEMS": 60000,  # items through a bounded queue, 2 producers -> 2 consumers
+    "THREAD_CALLS": 1500,  # asyncio.to_thread calls, in batches of 10
+}
+#: How many times each test is repeated (parametrized) in the suite.
+REPEATS = 10
+
+TESTS = '''\
+import asyncio
+
+import pytest
+
+SWITCH_PAIR = {SWITCH_PAIR}
+SWITCH_MANY_TASKS = {SWITCH_MANY_TASKS}
+SWITCH_MANY_ROUNDS = {SWITCH_MANY_ROUNDS}
+GATHER_TASKS = {GATHER_TASKS}
+TCP_ROUNDS = {TCP_ROUNDS}
+QUEUE_ITEMS = {QUEUE_ITEMS}
+THREAD_CALLS = {THREAD_CALLS}
+REPEATS = range({REPEATS})
+
+
+async def _switcher(rounds):
+    for _ in range(rounds):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("rep", REPEATS)
+async def test_switch_pair(rep):
+    """Two tasks ping-pong through sleep(0): ~2 callbacks per loop iteration."""
+    await asyncio.gather(_switcher(SWITCH_PAIR), _switcher(SWITCH_PAIR))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("rep", REPEATS)
+async def test_switch_many(rep):
+    """Many tasks switching through sleep(0): long ready queues per iteration."""
+    await asyncio.gather(*(_switcher(SWITCH_MANY_ROUNDS) for _ in range(SWITCH_MANY_TASKS)))
+
+
+async def _child(i):
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    return i
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("rep", REPEATS)
+async def test_gather(rep):
+    """gather() of thousands of short tasks."""
+    results = await asyncio.gather(*(_child(i) for i in range(GATHER_TASKS)))
+    assert results[-1] == GATHER_TASKS - 1
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("rep", REPEATS)
+async def test_tcp_echo(rep):
+    """Many small request/response round trips over a loopback TCP connection."""
+    handler_done = asyncio.Event()
+
+    async def handle(reader, writer):
+        try:
+            while True:
+                data = await reader.read(4096)
+                if not data:
+                    break
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+            try:
+                await writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+            handler_done.set()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    msg = b"x" * 32
+    for _ in range(TCP_ROUNDS):
+        writer.write(msg)
+        await writer.drain()
+        assert await reader.readexactly(len(msg)) == msg
+    writer.close()
+    await writer.wait_closed()
+    await handler_done.wait()
+    server.close()
+    await server.wait_closed()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("rep", REPEATS)
+async def test_queue(rep):
+    """Two producers and two consumers through a bounded asyncio.Queue."""
+    queue = asyncio.Queue(maxsize=64)
+    per_producer = QUEUE_ITEMS // 2
+    total = 0
+
+    async def produce():
+        for i in range(per_producer):
+            await queue.put(i)
+
+    async def consume():
+        nonlocal total
+        while True:
+            item = await queue.get()
+            if item is None:
+                return
+            total += 1
+
+    consumers = [asyncio.create_task(consume()) for _ in range(2)]
+    await asyncio.gather(produce(), produce())
+    for _ in consumers:
+        await queue.put(None)
+    await asyncio.gather(*consumers)
+    assert total == 2 * per_producer
+
+
+def _work(x):
+    return x * 2
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("rep", REPEATS)
+async def test_to_thread(rep):
+    """asyncio.to_thread() calls, in small concurrent batches."""
+    done = 0
+    for start in range(0, THREAD_CALLS, 10):
+        results = await asyncio.gather(*(asyncio.to_thread(_work, i) for i in range(start, start + 10)))
+        done += len(results)
+    assert done == THREAD_CALLS
+'''
+
+
+def make_suite(root: Path, loop: str, scale: float, repeats: int) -> Path:
+    sizes = {k: max(1, int(v * scale)) for k, v in SIZES.items()}
+    sizes["THREAD_CALLS"] = max(10, sizes["THREAD_CALLS"] // 10 * 10)
+    return c.write_project(root / loop, loop, {"test_overhead.py": TESTS.format(REPEATS=repeats, **sizes)})
+
+
+#: session: conftest hook, sessionstart..sessionfinish; wall: the whole process; pytest: its
+#: own "in X.XXs"; session_cpu / cpu: CPU seconds (all threads) of the session / process.
+CLOCKS = ("session_s", "wall_s", "pytest_s", "session_cpu_s", "cpu_s")
+
+
+def summarize(runs: dict[str, dict[str, list[c.Run]]], loops: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """loop -> configuration (other than plain) -> figures against plain."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for loop in loops:
+        plain = runs[loop]["plain"]
+        out[loop] = {}
+        for name, other in runs[loop].items():
+            if name == "plain":
+                continue
+            row: dict[str, float] = {"rounds": len(other)}
+            for clock in CLOCKS:
+                a = [getattr(r, clock) for r in plain if getattr(r, clock) is not None]
+                b = [getattr(r, clock) for r in other if getattr(r, clock) is not None]
+                pairs = [
+                    getattr(q, clock) / getattr(p, clock)
+                    for p, q in zip(plain, other)
+                    if getattr(p, clock) and getattr(q, clock)
+                ]
+                row[f"plain_{clock}_median"] = c.median(a)
+                row[f"{clock}_median"] = c.median(b)
+                row[f"{clock}_ratio_of_medians"] = c.median(b) / c.median(a) if a and b else float("nan")
+                row[f"{clock}_paired_ratio_median"] = c.median(pairs)
+                row[f"{clock}_paired_ratio_q25"] = c.quantile(pairs, 0.25)
+                row[f"{clock}_paired_ratio_q75"] = c.quantile(pairs, 0.75)
+            out[loop][name] = row
+    return out
+
+
+def print_table(summary: dict[str, dict[str, dict[str, float]]]) -> None:
+    print()
+    print(f"{'loop':8} {'config':22} {'clock':11} {'plain med':>10} {'config med':>10} {'ratio of med':>12} "
+          f"{'paired med':>10} {'paired IQR':>15}")
+    for loop, per_config in summary.items():
+        for name, row in per_config.items():
+            for clock in CLOCKS:
+                print(
+                    f"{loop:8} {name:22} {clock[:-2]:11} {row[f'plain_{clock}_median']:>9.3f}s {row[f'{clock}_median']:>9.3f}s "
+                    f"{row[f'{clock}_ratio_of_medians']:>12.4f} {row[f'{clock}_paired_ratio_median']:>10.4f} "
+                    f"  {row[f'{clock}_paired_ratio_q25']:.4f}-{row[f'{clock}_paired_ratio_q75']:.4f}"
+                )
+    rounds = ", ".join(f"{loop}={int(next(iter(v.values()))['rounds'])}" for loop, v in summary.items() if v)
+    print(f"(rounds: {rounds}; ratio = configuration / plain)")
+
+
+def show_durations(projects: dict[str, Path], budget: list[str], runs: int = 3) -> None:
+    for loop, root in projects.items():
+        for name, args in (("plain", c.PLAIN_ARGS), ("plugin", budget)):
+            by_test: dict[str, list[float]] = {}
+            sessions = []
+            for _ in range(runs):
+                run, crashes = c.run_pytest_retry(root, args, durations=True)
+                if crashes:
+                    print(f"[{loop}/{name}] {crashes} run(s) crashed (rc<0/>=128) and were retried")
+                sessions.append(run.session_s)
+                for nodeid, seconds in run.durations.items():
+                    by_test.setdefault(nodeid.split("::")[-1].split("[")[0], []).append(seconds * 1000)
+            print(f"[{loop}/{name}] {run.items} tests, session median {c.median(sessions):.3f}s over {runs} runs")
+            for test, ms in sorted(by_test.items()):
+                print(f"    {test:20} median {c.median(ms):7.1f} ms  (min {min(ms):.1f}, max {max(ms):.1f}, n={len(ms)})")
+
+
+def profile(projects: dict[str, Path], budget: list[str], top: int) -> None:
+    import pstats
+
+    for loop, root in projects.items():
+        prof = root / "plugin.prof"
+        for _attempt in range(8):
+            proc = subprocess.run(
+                [c.PYTHON, "-m", "cProfile", "-o", str(prof), "-m", "pytest", *c.COMMON_ARGS, *budget],
+                cwd=root, env=c.clean_env(), capture_output=True, text=True,
+            )
+            if proc.returncode == 0:
+                break
+            print(f"[{loop}] profiled run failed (rc={proc.returncode}), retrying")
+        else:
+            print(f"[{loop}] every profiled run failed; try --faulthandler-timeout 3600")
+            continue
+        stats = pstats.Stats(str(prof))
+        total = stats.total_tt  # type: ignore[attr-defined]
+        rows = []
+        for (file, line, func), (cc, nc, tt, ct, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+            if "pytest_asyncbudget" in file:
+                rows.append((tt, ct, nc, f"{Path(file).parent.name}/{Path(file).name}:{line}({func})"))
+        own = sum(r[0] for r in rows)
+        print(f"\n[{loop}] cProfile of one plugin session: total {total:.2f}s, "
+              f"time inside pytest_asyncbudget functions (tottime) {own:.3f}s = {own / total:.2%}")
+        print(f"    {'tottime':>8} {'cumtime':>8} {'calls':>9}  function")
+        for tt, ct, nc, name in sorted(rows, reverse=True)[:top]:
+            print(f"    {tt:8.3f} {ct:8.3f} {nc:9d}  {name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=10, help="interleaved rounds per loop (default 10)")
+    ap.add_argument("--loops", default="asyncio,uvloop", help="comma-separated: asyncio,uvloop")
+    ap.add_argument("--json", metavar="PATH", help="write all runs and the summary as JSON")
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply the work per test (default 1)")
+    ap.add_argument("--repeats", type=int, default=REPEATS, help=f"copies of each test (default {REPEATS})")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs of each configuration first (default 1)")
+    ap.add_argument("--budget-opt", action="append", default=[], metavar="--OPT=VALUE",
+                    help="extra/overriding plugin option for the plugin configuration (repeatable)")
+    ap.add_argument("--faulthandler-timeout", type=float, default=0.0, metavar="SECONDS",
+                    help="set pytest's faulthandler_timeout ini in BOTH configurations (0: unset, the default). "
+                    "A value > 0 makes the plugin's stack sampler stop using faulthandler.dump_traceback_later")
+    ap.add_argument("--per-budget", action="store_true",
+                    help="also run the plugin with one budget at a time (attribution; a conftest drops the "
+                    "other budgets from each test's plan)")
+    ap.add_argument("--durations", action="store_true", help="print per-test durations once and exit")
+    ap.add_argument("--profile", action="store_true", help="cProfile one plugin session per loop and exit")
+    ap.add_argument("--keep", action="store_true", help="keep the generated suite and print where it is")
+    ns = ap.parse_args(argv)
+
+    loops = [x.strip() for x in ns.loops.split(",") if x.strip()]
+    budget, used, skipped = c.budget_args(extra=ns.budget_opt)
+    common = ["-o", f"faulthandler_timeout={ns.faulthandler_timeout:g}"] if ns.faulthandler_timeout > 0 else []
+    budget = common + budget
+    print(f"budgets on in the plugin configuration: {' '.join(used) or '(none found!)'}")
+    if skipped:
+        print(f"plugin options not treated as budgets: {' '.join(skipped)}")
+
+    tmp = Path(tempfile.mkdtemp(prefix="asyncbudget-overhead-"))
+    try:
+        projects = {loop: make_suite(tmp, loop, ns.scale, ns.repeats) for loop in loops}
+        if ns.keep:
+            print(f"suite kept in {tmp}")
+        if ns.durations:
+            show_durations(projects, budget)
+            return 0
+        if ns.profile:
+            profile(projects, budget, top=25)
+            return 0
+
+        configs: dict[str, tuple[list[str], dict[str, str]]] = {
+            "plain": (common + c.PLAIN_ARGS, {}),
+            "plugin": (budget, {}),
+        }
+        info = c.machine_info()
+        print(f"machine: {info}")
+        planned: dict[str, dict[str, int]] = {}
+        for loop, root in projects.items():
+            for _ in range(max(ns.warmup, 1)):
+                for name, (args, env) in configs.items():
+                    run, crashes = c.run_pytest_retry(root, args, env=env)
+                    if crashes:
+                        print(f"[{loop}/{name}] warm-up: {crashes} run(s) crashed and were retried")
+                    if run.rc != 0:
+                        print(f"[{loop}/{name}] warm-up run failed (rc={run.rc}):\n{run.tail}")
+                        return 1
+                    if name == "plugin":
+                        planned[loop] = run.planned_budgets
+            print(f"[{loop}] warm-up ok: {run.items} tests; budgets planned in the plugin run: {planned[loop]}")
+        if ns.per_budget:
+            only = sorted({b for p in planned.values() for b in p})
+            for b in only:
+                configs[f"only {b}"] = (budget, {"ASYNCBUDGET_BENCH_ONLY": b})
+            print(f"attribution: also running the plugin with one budget at a time: {', '.join(only)}")
+
+        names = list(configs)
+        runs: dict[str, dict[str, list[c.Run]]] = {loop: {n: [] for n in names} for loop in loops}
+        crashes = {loop: {n: 0 for n in names} for loop in loops}
+        loads: list[float] = []
+        for r in range(ns.rounds):
+            k = r % len(names)
+            order = names[k:] + names[:k]  # rotate, so each configuration takes each slot in turn
+            for loop in loops:
+                line = []
+                for name in order:
+                    args, env = configs[name]
+                    run, crashed = c.run_pytest_retry(projects[loop], args, env=env)
+                    crashes[loop][name] += crashed
+                    if crashed:
+                        line.append(f"{name} CRASHED x{crashed} (retried)")
+                    if run.rc != 0:
+                        print(f"[{loop}/{name}] round {r} failed (rc={run.rc}):\n{run.tail}")
+                        return 1
+                    runs[loop][name].append(run)
+                    line.append(f"{name} {run.session_s:.3f}s/{run.wall_s:.3f}s")
+                load = c.loadavg()
+                if load is not None:
+                    loads.append(load)
+                print(f"round {r + 1:2}/{ns.rounds} {loop:7}: " + ", ".join(line) + f"  (session/wall; load {load:.2f})", flush=True)
+
+        summary = summarize(runs, loops)
+        for loop in loops:
+            for name in names[1:]:
+                summary[loop][name]["crashed_runs"] = crashes[loop][name]
+                summary[loop][name]["plain_crashed_runs"] = crashes[loop]["plain"]
+        print_table(summary)
+        for loop in loops:
+            parts = ", ".join(f"{n} {crashes[loop][n]} of {crashes[loop][n] + ns.rounds}" for n in names)
+            print(f"[{loop}] runs that crashed (killed by a signal; retried, not timed): {parts}")
+        if loads:
+            print(f"1-min load average during the runs: median {c.median(loads):.2f}, max {max(loads):.2f} (2 cores)")
+        if ns.json:
+            Path(ns.json).write_text(json.dumps({
+                "benchmark": "overhead",
+                "machine": info,
+                "budgets_on": used,
+                "budgets_planned": planned,
+                "options_skipped": skipped,
+                "rounds": ns.rounds,
+                "faulthandler_timeout": ns.faulthandler_timeout,
+                "crashed_runs": crashes,
+                "scale": ns.scale,
+                "repeats": ns.repeats,
+                "sizes": SIZES,
+                "loadavg": loads,
+                "summary": summary,
+                "runs": {loop: {name: [vars(r) | {"tail": None} for r in rs] for name, rs in v.items()} for loop, v in runs.items()},
+            }, indent=2))
+            print(f"wrote {ns.json}")
+        return 0
+    finally:
+        if not ns.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
