@@ -2,7 +2,7 @@
 
 Every probe ends up with a stack, innermost frame first, as plain ``(filename, lineno,
 function)`` tuples. Those come from a live frame (:func:`frames_from`), from a stack
-sampled on another thread, or from a ``faulthandler`` dump. :func:`culprit_from` turns
+or sampled on another thread. :func:`culprit_from` turns
 them into a :class:`Culprit`: the innermost frame that belongs to the user, plus a short
 trimmed stack of the user's frames around it.
 

@@ -60,8 +60,7 @@ class Manager:
         self.config = config
         self.errors = PluginErrors()
         self.core = LoopCore(self.errors)
-        faulthandler_timeout = float(config.getini("faulthandler_timeout") or 0)
-        self.sampler = StackSampler(use_faulthandler=faulthandler_timeout <= 0)
+        self.sampler = StackSampler()
         self.defaults = budgets.defaults(config)
         self.records: list[TestRecord] = []
         #: anyio backends other than asyncio -> how many collected tests run on them.

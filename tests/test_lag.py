@@ -170,6 +170,26 @@ def test_block_in_c_code_holding_the_gil(suite, setup, statement):
     result.stdout.fnmatch_lines(["*max_loop_lag exceeded*", "*culprit: test_suite.py:8 in test_cpu", f"*{statement}*"])
 
 
+def test_c_call_as_the_last_statement_of_a_task(suite):
+    suite.write(
+        source="""
+        import asyncio, pytest
+
+        async def crunch():
+            await asyncio.sleep(0)
+            return sum(range(6 * 10**7))
+
+        @pytest.mark.asyncio
+        @pytest.mark.max_loop_lag("50ms")
+        async def test_cpu_in_task():
+            assert await asyncio.create_task(crunch()) > 0
+        """
+    )
+    result = suite.run()
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*max_loop_lag exceeded*", "*culprit: test_suite.py:5 in crunch"])
+
+
 @pytest.mark.parametrize("phase", ["setup", "teardown"])
 def test_block_in_async_fixture_names_the_phase(suite, phase):
     before, after = ("time.sleep(0.2)", "pass") if phase == "setup" else ("pass", "time.sleep(0.2)")

@@ -76,27 +76,3 @@ def test_format_duration_round_trips_within_display_precision(seconds):
     shown = format_duration(seconds)
     assert parse_duration(shown.replace(" ", "")) == pytest.approx(seconds, rel=0.06, abs=1e-6)
 
-
-def test_faulthandler_dump_parser_takes_the_newest_dump_of_the_thread():
-    from pytest_asyncbudget.sampler import parse_faulthandler_dump
-
-    dump = (
-        "Timeout (0:00:00.050000)!\n"
-        "Thread 0x00007f0000000002 (most recent call first):\n"
-        '  File "/w/other.py", line 3 in spin\n'
-        "\n"
-        "Current thread 0x00007f0000000001 (most recent call first):\n"
-        '  File "/w/old.py", line 1 in idle\n'
-        "\n"
-        "Timeout (0:00:00.050000)!\n"
-        "Thread 0x00007f0000000001 (most recent call first):\n"
-        '  File "/w/test_x.py", line 8 in test_cpu\n'
-        '  File "/usr/lib/python3/asyncio/events.py", line ??? in _run\n'
-        "\n"
-    )
-    assert parse_faulthandler_dump(dump, 0x7F0000000001) == [
-        ("/w/test_x.py", 8, "test_cpu"),
-        ("/usr/lib/python3/asyncio/events.py", 0, "_run"),
-    ]
-    assert parse_faulthandler_dump(dump, 0x7F0000000002) == [("/w/other.py", 3, "spin")]
-    assert parse_faulthandler_dump(dump, 0x7F0000000003) == []

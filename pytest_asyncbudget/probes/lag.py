@@ -63,8 +63,6 @@ HEARTBEAT = 0.001
 DEFAULT_FLOOR = 0.001
 #: Sampling threshold when the test has no lag budget (measured for the summary only).
 DEFAULT_SAMPLE_THRESHOLD = 0.020
-#: Without a budget, GIL-holding C calls longer than this are named.
-DEFAULT_FH_DEADLINE = 0.100
 #: How many of the longest stretches keep their details per phase.
 KEEP_EVENTS = 8
 
@@ -208,12 +206,9 @@ class LagProbe(Probe):
             self.floor = DEFAULT_FLOOR
             self.threshold = DEFAULT_SAMPLE_THRESHOLD
         self._interval = min(max(self.threshold / 2, 0.001), 0.010)
-        # A GIL-holding C call longer than this is named by faulthandler; faulthandler is
-        # re-armed every deadline/2, which is the sampler's main cost.
-        self._deadline = min(max(limit if limit is not None else DEFAULT_FH_DEADLINE, 0.020), 0.200)
         self._phase = ""
         self._watching = False
-        self._samples: deque[tuple[float, list[RawFrame], bool]] = deque(maxlen=256)
+        self._samples: deque[tuple[float, list[RawFrame]]] = deque(maxlen=256)
         self._reset()
 
     def _reset(self) -> None:
@@ -225,24 +220,23 @@ class LagProbe(Probe):
         self._kept: list[LagEvent] = []  # min-heap of the longest stretches
 
     # -- probe events ---------------------------------------------------------------
-    # The sampler watches this probe for the whole test (armed once, at setup), not per
-    # loop run: pytest-asyncio runs the loop several times per test, and (re)arming the
-    # sampler's faulthandler costs a thread start and join each time.
+    # The sampler watches this probe for the whole test, not per loop run: pytest-asyncio
+    # runs the loop several times per test (fixtures, the test, the runner's shutdown).
     @property
     def busy_since(self) -> float | None:
         """When the running loop last left its I/O wait (None while it waits or no loop runs)."""
         ticks = self._ticks
         return ticks.busy_since if ticks is not None else None
 
-    def on_sample(self, when: float, frames: list[RawFrame], late: bool = False) -> None:
-        self._samples.append((when, frames, late))
+    def on_sample(self, when: float, frames: list[RawFrame]) -> None:
+        self._samples.append((when, frames))
 
     def phase_started(self, phase: str) -> None:
         self._phase = phase
         self._reset()
         if not self._watching:
             self._watching = True
-            self._sampler.watch(self, self.threshold, self._interval, self._deadline)
+            self._sampler.watch(self, self.threshold, self._interval)
 
     def loop_started(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop_name = loop_name(loop)
@@ -257,7 +251,6 @@ class LagProbe(Probe):
 
     def phase_stopped(self, phase: str) -> None:
         self._detach()
-        self._sampler.flush()  # a dump of a GIL-holding call may not be read yet
         if phase == "teardown" and self._watching:
             self._watching = False
             self._sampler.release()
@@ -281,17 +274,12 @@ class LagProbe(Probe):
                 heapq.heapreplace(kept, event)
 
     def _attach_sample(self, event: LagEvent) -> None:
-        """Pin the first sample inside the stretch to it, preferring on-time samples."""
+        """Pin the first sample that fell inside the stretch to it."""
         end = event.start + event.duration + 0.002
-        fallback = None
-        for when, frames, late in self._samples:
+        for when, frames in self._samples:
             if event.start <= when <= end:
-                if not late:
-                    event.frames = frames
-                    return
-                fallback = fallback or frames
-        if fallback is not None:
-            event.frames = fallback
+                event.frames = frames
+                return
 
     # -- result ---------------------------------------------------------------------
     def measurement(self, phase: str) -> LagMeasurement | None:
@@ -299,7 +287,8 @@ class LagProbe(Probe):
             return None  # no loop ran in this phase
         events = sorted(self._kept, key=lambda e: e.duration, reverse=True)
         for event in events:  # heavy work only now, and only for the few kept
-            self._attach_sample(event)  # again: a dump may have come in since
+            if event.frames is None:
+                self._attach_sample(event)  # a sample may have come in since
             if event.frames is not None:
                 event.culprit = culprit_from(event.frames)
         durations = self._durations
