@@ -199,7 +199,7 @@ def judge(budget: LeakBudget | None, m: LeakMeasurement) -> Verdict:
         headline = f"no_leaked_tasks failed: {', '.join(counts)}"
     else:
         passed = True
-        headline = f"no_leaked_tasks ok: {_plural(m.tasks_created, 'task', 'tasks')} created, none left behind"
+        headline = "no_leaked_tasks ok: no task left pending, no exception lost, no coroutine left unawaited"
     return Verdict(
         budget=NAME,
         phase=m.phase,
