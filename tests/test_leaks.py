@@ -628,10 +628,20 @@ def test_anyio_runner_task_is_not_a_leak_and_anyio_tests_are_checked(pytester):
         @pytest.mark.anyio
         async def test_leak(resource):
             asyncio.create_task(worker(), name="anyio-leak")
+
+        @pytest.fixture
+        async def leaky():
+            asyncio.create_task(worker(), name="fixture-leak")
+            yield
+
+        @pytest.mark.anyio
+        async def test_fixture_leak(resource, leaky):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(anyio.sleep, 0)
         """
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
-    result.assert_outcomes(failed=1, passed=3)
+    result.assert_outcomes(failed=2, passed=4)
     result.stdout.fnmatch_lines(
         [
             "*_ test_leak _*",
@@ -639,6 +649,10 @@ def test_anyio_runner_task_is_not_a_leak_and_anyio_tests_are_checked(pytester):
             "  task 'anyio-leak' running worker() was still pending after the test",
             "    culprit: test_suite.py:27 in test_leak",
             "    created by the test body (culprit line)",
+            "*_ test_fixture_leak _*",
+            "  task 'fixture-leak' running worker() was still pending after the test",
+            "    culprit: test_suite.py:31 in leaky",
+            "    created by fixture 'leaky' (culprit line)",
         ]
     )
     assert "_run_tests_and_fixtures" not in result.stdout.str()

@@ -411,6 +411,8 @@ class LeakProbe(Probe):
         self._run = 0
         #: id(parent task) -> (weakref, owner index), for the current loop run.
         self._owner_cache: dict[int, tuple[Any, int]] = {}
+        #: [weakref to the parent that created the last task, its owner index].
+        self._last_parent: list[Any] = [_dead_ref, 0]
         #: Fixture and test functions, snapshotted before any fixture is set up.
         self._functions = self._snapshot_functions(context.item)
         self._owners_by_code: dict[int, Owner] | None = None
@@ -447,6 +449,7 @@ class LeakProbe(Probe):
     def loop_started(self, loop: asyncio.AbstractEventLoop) -> None:
         self._run += 1
         self._owner_cache.clear()
+        self._last_parent[0] = _dead_ref
         self._loops[loop] = None
         if loop not in self._loop_patches:
             self._patch_loop(loop)
@@ -534,14 +537,14 @@ class LeakProbe(Probe):
         # Stock asyncio's create_task is a Python frame between the caller and us: skip it
         # unlooked (uvloop's is compiled, so there the caller is the first frame).
         skip = 2 if getattr(type(loop), "create_task", None) is asyncio.BaseEventLoop.create_task else 1
-        # the parent seen last and its owner: most tasks come in bursts from one parent
-        last_parent: Any = _dead_ref
-        last_owner = 0
+        # the parent seen last and its owner (most tasks come in bursts from one parent);
+        # reset by loop_started, as a runner's task may run another fixture in each run
+        last = self._last_parent
         last_entry: tuple[Any, ...] = ()
         prune_at = self._prune_at
 
         def task_factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
-            nonlocal last_parent, last_owner, last_entry, prune_at
+            nonlocal last_entry, prune_at
             if make_task is None:
                 task = previous(loop, coro, **kwargs)
             elif kwargs:
@@ -554,15 +557,15 @@ class LeakProbe(Probe):
                     if not loop.is_running():
                         return task  # a runner starting its coroutine: not the test's task
                     owner = callback_owner
-                elif last_parent() is parent:
-                    owner = last_owner
+                elif last[0]() is parent:
+                    owner = last[1]
                 else:
                     cached = owner_cache.get(id(parent))
                     if cached is not None and cached[0]() is parent:
                         owner = cached[1]
                     else:
                         owner = probe._owner_of_parent(parent, _getframe(1))
-                    last_parent, last_owner = _ref(parent), owner
+                    last[0], last[1] = _ref(parent), owner
                 # the creation site: the innermost frame of user code, and its caller
                 frame = first = _getframe(skip)
                 depth = 0
