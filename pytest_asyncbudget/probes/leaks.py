@@ -190,6 +190,7 @@ class Owner:
 
 
 _TEST_OWNER = Owner(TEST)
+_RUNNER_INDEX = 1  # the runner owner's fixed index in every probe's owner list
 _CALLBACK_OWNERS = {phase: Owner(CALLBACK, phase=phase) for phase in ("setup", "call", "teardown")}
 _RUNNER_OWNER = Owner(RUNNER)
 _FOREIGN_OWNER = Owner(FOREIGN)
@@ -406,6 +407,7 @@ class LeakProbe(Probe):
         self._origins: dict[int, tuple[Any, ...]] = {}
         self._prune_at = _PRUNE_AT
         self._owner_list: list[Owner] = [_TEST_OWNER, _RUNNER_OWNER, _FOREIGN_OWNER, *_CALLBACK_OWNERS.values()]
+        assert self._owner_list[_RUNNER_INDEX] is _RUNNER_OWNER
         self._owner_ids: dict[Owner, int] = {owner: i for i, owner in enumerate(self._owner_list)}
         self._phase = ""
         self._run = 0
@@ -560,11 +562,19 @@ class LeakProbe(Probe):
                 elif last[0]() is parent:
                     owner = last[1]
                 else:
-                    cached = owner_cache.get(id(parent))
-                    if cached is not None and cached[0]() is parent:
-                        owner = cached[1]
+                    entry = origins.get(id(parent))
+                    if (
+                        entry is not None
+                        and entry[0] != _RUNNER_INDEX  # runner tasks run many things
+                        and entry[2] is getattr(parent.get_coro(), "cr_code", None)
+                    ):
+                        owner = entry[0]  # a task of ours: its children are its owner's
                     else:
-                        owner = probe._owner_of_parent(parent, _getframe(1))
+                        cached = owner_cache.get(id(parent))
+                        if cached is not None and cached[0]() is parent:
+                            owner = cached[1]
+                        else:
+                            owner = probe._owner_of_parent(parent, _getframe(1))
                     last[0], last[1] = _ref(parent), owner
                 # the creation site: the innermost frame of user code, and its caller
                 frame = first = _getframe(skip)
