@@ -231,3 +231,25 @@ def test_judge_does_not_fail_a_test_that_already_failed():
     verdict = leaks.judge(leaks.LeakBudget(), m)
     assert verdict.passed
     assert verdict.headline == "no_leaked_tasks: not judged, the test did not pass (1 task leaked)"
+
+
+def test_probe_lets_go_of_its_tables_when_the_test_ends():
+    """The manager keeps every test's probes until the session ends: they must be light."""
+    loop = asyncio.new_event_loop()
+    probe = probes.LeakProbe(probes.LeakSettings(grace=0), _context())
+
+    async def body():
+        await asyncio.gather(*(asyncio.sleep(0) for _ in range(100)))
+
+    try:
+        probe.phase_started("call")
+        loop.call_soon(probe.loop_started, loop)
+        loop.run_until_complete(_the_test_body(body))
+        probe.phase_stopped("call")
+        assert len(probe._origins) == 100 and probe._loops
+        probe.phase_started("teardown")
+        probe.phase_stopped("teardown")
+        assert probe._origins == {} and not probe._loops and not probe._neutralized_tasks
+        assert probe.measurement("teardown").problems == 0
+    finally:
+        loop.close()

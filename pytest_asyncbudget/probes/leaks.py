@@ -190,10 +190,12 @@ class Owner:
 
 
 _TEST_OWNER = Owner(TEST)
-_RUNNER_INDEX = 1  # the runner owner's fixed index in every probe's owner list
 _CALLBACK_OWNERS = {phase: Owner(CALLBACK, phase=phase) for phase in ("setup", "call", "teardown")}
 _RUNNER_OWNER = Owner(RUNNER)
 _FOREIGN_OWNER = Owner(FOREIGN)
+#: The first entries of every probe's owner list (entries store an owner's index).
+_FIXED_OWNERS = (_TEST_OWNER, _RUNNER_OWNER, _FOREIGN_OWNER, *_CALLBACK_OWNERS.values())
+_RUNNER_INDEX = _FIXED_OWNERS.index(_RUNNER_OWNER)
 
 
 def _infra_prefixes() -> tuple[str, ...]:
@@ -406,8 +408,7 @@ class LeakProbe(Probe):
         #: creation site); see _make_factory.
         self._origins: dict[int, tuple[Any, ...]] = {}
         self._prune_at = _PRUNE_AT
-        self._owner_list: list[Owner] = [_TEST_OWNER, _RUNNER_OWNER, _FOREIGN_OWNER, *_CALLBACK_OWNERS.values()]
-        assert self._owner_list[_RUNNER_INDEX] is _RUNNER_OWNER
+        self._owner_list: list[Owner] = list(_FIXED_OWNERS)
         self._owner_ids: dict[Owner, int] = {owner: i for i, owner in enumerate(self._owner_list)}
         self._phase = ""
         self._run = 0
@@ -469,9 +470,23 @@ class LeakProbe(Probe):
             except ValueError:
                 pass
             self._in_gc = False
+            if phase == "teardown":
+                self._release()
         if self._error is not None:
             error, self._error = self._error, None
             raise RuntimeError(f"no_leaked_tasks probe failed earlier in this test:\n{error}")
+
+    def _release(self) -> None:
+        """The test is over: drop what only the check needed (the manager keeps probes
+        until the session ends), and let the tasks the probe closed be collected."""
+        self._origins = {}
+        self._owner_cache.clear()
+        self._last_parent[0] = _dead_ref
+        self._loops.clear()
+        self._neutralized_tasks.clear()
+        self._neutralized.clear()
+        self._owners_by_code = None
+        self._codes_alive.clear()
 
     def measurement(self, phase: str) -> LeakMeasurement | None:
         if phase != "teardown":
