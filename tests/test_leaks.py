@@ -892,3 +892,57 @@ def test_bad_ini_values_are_usage_errors(pytester, ini, message):
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([message])
     assert "Traceback" not in result.stderr.str()
+
+
+def test_module_fixture_task_ignoring_cancel_at_module_end_does_not_hang(suite):
+    suite.ini(extra=ON + "asyncbudget_leak_cancel_timeout = 100ms\n")
+    suite.write(
+        name="test_a_module",
+        source="""
+        import asyncio, pytest, pytest_asyncio
+
+        async def stubborn_service():
+            while True:
+                try:
+                    await asyncio.sleep(0.05)
+                except asyncio.CancelledError:
+                    pass
+
+        @pytest_asyncio.fixture(scope="module", loop_scope="module")
+        async def service():
+            task = asyncio.create_task(stubborn_service(), name="service")
+            yield task  # never cancelled: the module's loop closes with it running
+
+        @pytest.mark.asyncio(loop_scope="module")
+        async def test_uses_service(service):
+            assert not service.done()
+
+        @pytest.mark.asyncio(loop_scope="module")
+        async def test_last_in_module(service):
+            assert not service.done()
+        """,
+    )
+    suite.write(
+        name="test_b_next",
+        source="""
+        def test_next_module_runs():
+            pass
+        """,
+    )
+    result = suite.run("-p", "no:xdist")
+    result.assert_outcomes(failed=1, passed=3)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_last_in_module _*",
+            "no_leaked_tasks failed: 1 task ignored cancel",
+            "  task 'service' running stubborn_service() ignored its cancellation when its loop closed"
+            " at the end of this test: still running 1 s after cancel()",
+            "    culprit: test_a_module.py:3 in stubborn_service",
+            "        async def stubborn_service():",
+            "    created by something outside this test (a wider-scoped fixture, an earlier test, or a task they started)",
+            "    culprit: where its coroutine function is defined",
+            "    suspended at: test_a_module.py:6 in stubborn_service (awaiting asyncio.sleep)",
+            "    the plugin closed its coroutine so the suite can go on",
+        ]
+    )
+    result.stdout.fnmatch_lines(["test_b_next.py .*"])  # the next module ran

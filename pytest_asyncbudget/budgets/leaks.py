@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..culprit import Culprit, RawFrame, culprit_from
-from ..probes.leaks import LeakMeasurement, LeakProbe, LeakSettings, TaskSnapshot
+from ..probes.leaks import REST_TIMEOUT_FACTOR, LeakMeasurement, LeakProbe, LeakSettings, TaskSnapshot
 from ..units import UnitError, format_duration, parse_duration
 from .base import Finding, Verdict
 
@@ -286,11 +286,13 @@ def _leak_finding(task: TaskSnapshot) -> Finding:
 
 def _stuck_finding(task: TaskSnapshot, m: LeakMeasurement, foreign: bool = False) -> Finding:
     culprit, notes, at_culprit = _creation(task)
-    timeout = format_duration(m.settings.cancel_timeout)
-    title = f"task {task.name!r} running {task.coroutine} ignored its cancellation: still running {timeout} after cancel()"
+    wait = m.settings.cancel_timeout * (REST_TIMEOUT_FACTOR if foreign else 1)
+    when = " when its loop closed at the end of this test" if foreign else ""
+    title = (
+        f"task {task.name!r} running {task.coroutine} ignored its cancellation{when}: "
+        f"still running {format_duration(wait)} after cancel()"
+    )
     details = [_created_by(task, at_culprit), *notes]
-    if foreign:
-        details.append("it was still running when its loop closed at the end of this test")
     if task.suspended:
         details.append(f"suspended at: {_suspended(task.suspended, task.awaiting)}")
     if task.stuck_at and task.stuck_at != task.suspended:

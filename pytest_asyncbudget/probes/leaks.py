@@ -119,6 +119,10 @@ _all_tasks = asyncio.all_tasks
 #: The stdlib's own reporter of never-awaited coroutines (see the module docstring).
 _STDLIB_WARN_UNAWAITED: Callable[[Any], None] | None = getattr(warnings, "_warn_unawaited_coroutine", None)
 
+#: When a loop closes, tasks that are not this test's (a wider-scoped fixture's, ignored
+#: ones) get this many times ``cancel_timeout`` to finish after their cancel: asyncio would
+#: wait forever, and a slow but finite shutdown must keep working; only a stuck one fails.
+REST_TIMEOUT_FACTOR = 10
 #: The manager's per-test state key (pytest_asyncbudget.record.STATE), imported late.
 _STATE_KEY: Any = None
 #: How far up a stack the owner walk looks for the test or a fixture.
@@ -186,7 +190,7 @@ class Owner:
             return f"code running during {where.get(self.phase, self.phase)}"
         if self.kind == RUNNER:
             return "the test runner"
-        return "a task this test did not start"
+        return "something outside this test (a wider-scoped fixture, an earlier test, or a task they started)"
 
 
 _TEST_OWNER = Owner(TEST)
@@ -892,13 +896,13 @@ class LeakProbe(Probe):
             original(loop)
 
     def _cancel_rest(self, loop: asyncio.AbstractEventLoop) -> None:
-        """asyncio's shutdown cancel, with the wait bounded by ``cancel_timeout``."""
+        """asyncio's shutdown cancel, with the wait bounded (see REST_TIMEOUT_FACTOR)."""
         rest = [t for t in _all_tasks(loop) if not t.done() and id(t) not in self._neutralized]
         if not rest:
             return
         for task in rest:
             task.cancel()
-        self._wait(loop, rest, self.settings.cancel_timeout)
+        self._wait(loop, rest, self.settings.cancel_timeout * REST_TIMEOUT_FACTOR)
         for task in rest:
             if not task.done():
                 snapshot = self._snapshot(task, self._entry(task))
