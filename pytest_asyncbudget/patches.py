@@ -58,7 +58,6 @@ cost is that same single global check.
 from __future__ import annotations
 
 import _socket
-import builtins
 import functools
 import io
 import os
