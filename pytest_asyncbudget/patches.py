@@ -601,7 +601,37 @@ class WatchedLock:
         return repr(self._lock)
 
 
+class _LockTypeStandIn(type):
+    """Stand-in for ``threading.Lock`` where it is a type (3.13+): ``isinstance`` keeps working.
+
+    Calling it makes a lock as the factory below does; ``isinstance(x, threading.Lock)``
+    and ``issubclass`` answer as they would for the real type (a :class:`WatchedLock`
+    around a real lock counts as one).
+    """
+
+    _original: type
+    _name: str
+
+    def __call__(cls, *args: Any, **kwargs: Any) -> Any:
+        lock = cls._original(*args, **kwargs)
+        if _probe is not None and is_user_file(sys._getframe(1).f_code.co_filename):
+            return WatchedLock(lock, cls._name)
+        return lock
+
+    def __instancecheck__(cls, obj: Any) -> bool:
+        if isinstance(obj, WatchedLock):
+            obj = obj._lock
+        return isinstance(obj, cls._original)
+
+    def __subclasscheck__(cls, sub: type) -> bool:
+        return issubclass(sub, cls._original)
+
+
 def _lock_factory(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    if isinstance(original, type):
+        namespace = {"_original": original, "_name": name, "__module__": original.__module__, "__doc__": original.__doc__}
+        return _LockTypeStandIn(original.__name__, (), namespace)
+
     def factory(*args: Any, **kwargs: Any) -> Any:
         lock = original(*args, **kwargs)
         if _probe is not None and is_user_file(sys._getframe(1).f_code.co_filename):

@@ -171,3 +171,23 @@ def test_probe_error_never_flips_a_result(suite):
         ]
     )
     assert result.stdout.str().count("RuntimeError: simulated probe bug") == 1
+
+
+@pytest.mark.skipif(not isinstance(__import__("threading").Lock, type), reason="threading.Lock is a type from 3.13 on")
+def test_isinstance_of_a_lock_still_works_while_patched(suite):
+    suite.write(
+        source="""
+        import threading, pytest
+
+        @pytest.mark.asyncio
+        @pytest.mark.no_blocking
+        async def test_lock_type():
+            lock = threading.Lock()
+            assert isinstance(lock, threading.Lock)
+            assert isinstance(threading.Lock(), threading.Lock)
+            assert not isinstance(object(), threading.Lock)
+            with lock:
+                pass
+        """
+    )
+    suite.run().assert_outcomes(passed=1)
