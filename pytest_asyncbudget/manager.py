@@ -197,6 +197,22 @@ class Manager:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.when == "teardown":
             self.results.collect(report)  # entries sent by xdist workers
+            if getattr(report, "asyncbudget_failed_test", False):
+                self._uncount_passed_call(report.nodeid)
+
+    def _uncount_passed_call(self, nodeid: str) -> None:
+        """A test failed by a budget checked at teardown counts once, as failed.
+
+        Its call report was already counted as passed (pytest reports each phase as it
+        ends); take that one out of the terminal's tally so "N passed, M failed" adds up.
+        """
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        passed = getattr(reporter, "stats", {}).get("passed")
+        if passed:
+            for i, earlier in enumerate(passed):
+                if getattr(earlier, "nodeid", None) == nodeid and getattr(earlier, "when", None) == "call":
+                    del passed[i]
+                    break
 
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
         errors = list(self.errors.reported)
