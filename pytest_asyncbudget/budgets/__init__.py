@@ -48,8 +48,12 @@ def call_marker(module: ModuleType, args: tuple[Any, ...], kwargs: dict[str, Any
     try:
         signature.bind(*args, **kwargs)
     except TypeError as exc:
+        plain = signature.replace(
+            parameters=[p.replace(annotation=inspect.Parameter.empty) for p in signature.parameters.values()],
+            return_annotation=inspect.Signature.empty,
+        )
         raise budget_error(
-            where, module.NAME, args, kwargs, f"{exc}; the marker's signature is {module.NAME}{signature}"
+            where, module.NAME, args, kwargs, f"{exc}; the marker's signature is {module.NAME}{plain}"
         ) from None
     try:
         return module.marker(*args, **kwargs)
