@@ -33,7 +33,7 @@ def test_leaked_task_of_the_test_body(suite):
         """
     )
     result = suite.run("-v")
-    result.assert_outcomes(failed=1, passed=2)  # test_leak's call passed, its check failed
+    result.assert_outcomes(failed=1, passed=1)  # each test counts once
     result.stdout.fnmatch_lines(
         [
             "*::test_leak PASSED*",
@@ -47,6 +47,7 @@ def test_leaked_task_of_the_test_body(suite):
             "    created by the test body (culprit line)",
             "    suspended at: test_suite.py:4 in worker (awaiting asyncio.sleep)",
             "*FAILED test_suite.py::test_leak - no_leaked_tasks failed: 1 task leaked",
+            "*= 1 failed, 1 passed in *",
         ]
     )
     assert "ERROR at teardown" not in result.stdout.str()
@@ -73,7 +74,7 @@ def test_leaked_task_of_a_function_scoped_fixture(suite):
         """
     )
     result = suite.run()
-    result.assert_outcomes(failed=1, passed=1)
+    result.assert_outcomes(failed=1, passed=0)
     result.stdout.fnmatch_lines(
         [
             "  task 'Task-*' running heartbeat() was still pending after the test",
@@ -106,7 +107,7 @@ def test_task_spawned_by_a_task_is_the_tests_and_named_where_spawned(suite):
         """
     )
     result = suite.run()
-    result.assert_outcomes(failed=1, passed=1)
+    result.assert_outcomes(failed=1, passed=0)
     result.stdout.fnmatch_lines(
         [
             "  task 'grandchild' running child() was still pending after the test",
@@ -136,7 +137,7 @@ def test_task_created_from_a_callback(suite):
         """
     )
     result = suite.run()
-    result.assert_outcomes(failed=1, passed=1)
+    result.assert_outcomes(failed=1, passed=0)
     result.stdout.fnmatch_lines(
         [
             "  task 'Task-*' running worker() was still pending after the test",
@@ -169,7 +170,7 @@ def test_task_created_by_library_code_is_named_by_its_coroutine(suite):
         """
     )
     result = suite.run()
-    result.assert_outcomes(failed=1, passed=1)
+    result.assert_outcomes(failed=1, passed=0)
     result.stdout.fnmatch_lines(
         [
             "  task 'Task-*' running handle() was still pending after the test",
@@ -201,7 +202,7 @@ def test_task_destroyed_while_pending_is_a_leak(suite):
         """
     )
     result = suite.run()
-    result.assert_outcomes(failed=1, passed=1)
+    result.assert_outcomes(failed=1, passed=0)
     result.stdout.fnmatch_lines(
         [
             "  task 'Task-*' running wait_forever() was garbage-collected while still pending",
@@ -242,7 +243,7 @@ def test_exception_never_retrieved(suite):
         """
     )
     result = suite.run()
-    result.assert_outcomes(failed=2, passed=3)
+    result.assert_outcomes(failed=2, passed=1)
     result.stdout.fnmatch_lines(
         [
             "*_ test_fire_and_forget _*",
@@ -290,7 +291,7 @@ def test_coroutine_never_awaited(suite):
         """
     )
     result = suite.run("-W", "default::RuntimeWarning")
-    result.assert_outcomes(failed=3, passed=3)
+    result.assert_outcomes(failed=3, passed=0)
     result.stdout.fnmatch_lines(
         [
             "*_ test_forgot_await _*",
@@ -344,7 +345,7 @@ def test_task_swallowing_every_cancel_fails_fast_and_the_suite_goes_on(suite):
     started = time.monotonic()
     result = suite.run("--durations=0", "-vv")
     elapsed = time.monotonic() - started
-    result.assert_outcomes(failed=1, passed=3)
+    result.assert_outcomes(failed=1, passed=2)
     result.stdout.fnmatch_lines(
         [
             "no_leaked_tasks failed: 1 task ignored cancel",
@@ -389,7 +390,7 @@ def test_cancel_timeout_option_and_slow_cleanup(suite):
         """
     )
     result = suite.run()
-    result.assert_outcomes(failed=2, passed=2)
+    result.assert_outcomes(failed=2, passed=0)
     result.stdout.fnmatch_lines(
         [
             "*_ test_short_timeout _*",
@@ -422,7 +423,7 @@ def test_leaked_task_that_raises_when_cancelled(suite):
         """
     )
     result = suite.run()
-    result.assert_outcomes(failed=1, passed=1)
+    result.assert_outcomes(failed=1, passed=0)
     result.stdout.fnmatch_lines(
         [
             "  task 'Task-*' running worker() was still pending after the test",
@@ -578,7 +579,7 @@ def test_wider_scoped_fixture_tasks_are_not_leaks(suite):
         """
     )
     result = suite.run()
-    result.assert_outcomes(failed=1, passed=5)
+    result.assert_outcomes(failed=1, passed=4)
     result.stdout.fnmatch_lines(
         [
             "*_ test_leaks_in_a_module_loop _*",
@@ -641,7 +642,7 @@ def test_anyio_runner_task_is_not_a_leak_and_anyio_tests_are_checked(pytester):
         """
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
-    result.assert_outcomes(failed=2, passed=4)
+    result.assert_outcomes(failed=2, passed=2)
     result.stdout.fnmatch_lines(
         [
             "*_ test_leak _*",
@@ -705,7 +706,7 @@ def test_grace_ignore_opt_out_and_markers_on_classes_and_modules(suite):
         """
     )
     result = suite.run()
-    result.assert_outcomes(failed=3, passed=6)
+    result.assert_outcomes(failed=3, passed=3)
     result.stdout.fnmatch_lines(
         [
             "*_ test_default_grace_too_short _*",
@@ -747,7 +748,7 @@ def test_cli_flag_and_ini_options(suite):
     result = suite.run()
     result.assert_outcomes(passed=2)  # off by default
     result = suite.run("--asyncbudget-no-leaked-tasks")
-    result.assert_outcomes(failed=1, passed=2)
+    result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(["*_ test_one_turn _*", "  task 'Task-*' running *soon() was still pending after the test"])
     assert "keep-alive" not in result.stdout.str()
 
@@ -842,7 +843,7 @@ def test_runs_under_xdist(suite):
         """
     )
     result = suite.run("-n", "2")
-    result.assert_outcomes(failed=1, passed=2)
+    result.assert_outcomes(failed=1, passed=1)
     result.stdout.fnmatch_lines(["*FAILED test_suite.py::test_leak - no_leaked_tasks failed: 1 task leaked"])
 
 
@@ -930,7 +931,7 @@ def test_module_fixture_task_ignoring_cancel_at_module_end_does_not_hang(suite):
         """,
     )
     result = suite.run("-p", "no:xdist")
-    result.assert_outcomes(failed=1, passed=3)
+    result.assert_outcomes(failed=1, passed=2)
     result.stdout.fnmatch_lines(
         [
             "*_ test_last_in_module _*",
