@@ -91,6 +91,10 @@ class Manager:
         try:
             return (yield)
         finally:
+            state = item.stash.get(STATE, None)
+            if state is not None:
+                for probe in state.probes:  # safety net: nothing stays in place after a test
+                    self.errors.guard(probe, "test_finished")
             # The sampler's watchdog keeps cycling between tests that measure lag, and
             # is parked otherwise (and always after an interrupted test).
             plan = nextitem.stash.get(PLAN, None) if nextitem is not None else None

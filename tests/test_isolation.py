@@ -28,6 +28,9 @@ def leftovers():
     for obj in gc.get_objects():
         if type(obj).__name__ == "_HeartbeatTicks" and obj._handle is not None:
             found.append("heartbeat still scheduled")
+    from pytest_asyncbudget import patches
+    if patches.installed():
+        found.append(f"blocking-call patches still installed: {patches.installed()[:3]}")
     extra = {t.name for t in threading.enumerate() if t.ident not in BASE_THREADS}
     extra = {name for name in extra if not name.startswith(("asyncio_", "ThreadPoolExecutor"))}
     if extra:
@@ -43,7 +46,7 @@ def test_nothing_left_after_passing_failing_and_erroring_tests(suite):
         import asyncio, time, pytest, pytest_asyncio
         from conftest import SEEN_LOOPS, leftovers
 
-        pytestmark = pytest.mark.max_loop_lag("50ms")
+        pytestmark = [pytest.mark.max_loop_lag("50ms"), pytest.mark.no_blocking, pytest.mark.no_leaked_tasks]
 
         @pytest_asyncio.fixture
         async def broken():
@@ -101,6 +104,8 @@ def pytest_unconfigure(config):
 
         @pytest.mark.asyncio
         @pytest.mark.max_loop_lag("50ms")
+        @pytest.mark.no_blocking
+        @pytest.mark.no_leaked_tasks
         async def test_interrupted():
             SEEN_LOOPS.append(asyncio.get_running_loop())
             await asyncio.sleep(0)

@@ -11,6 +11,7 @@ Lifecycle for one test, per phase ("setup", "call", "teardown")::
         loop_stopped(loop)     # on this thread during the phase
     phase_stopped(phase)
     measurement(phase)         # what was measured in that phase (data, not words)
+    test_finished()            # once, after the whole test, even an interrupted one
 
 A probe is created fresh for each test by its budget module (``budgets/<name>.py``),
 with the test's budget, which may be None when the test is only measured for the
@@ -60,3 +61,10 @@ class Probe:
     def measurement(self, phase: str) -> Any:
         """What was measured during *phase*, or None if there is nothing to judge."""
         return None
+
+    def test_finished(self) -> None:
+        """The test is over, however it ended: undo anything still in place.
+
+        A probe whose patches span the whole test (cheaper than per phase) removes them
+        at the end of teardown; this is the safety net for a test that never got there.
+        """

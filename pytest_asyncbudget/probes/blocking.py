@@ -183,6 +183,7 @@ class BlockingProbe(Probe):
         self._ran_loop_any = False
         self._error: str | None = None
         self._phase = ""
+        self._installed = False
         self._reset()
 
     def _reset(self) -> None:
@@ -197,7 +198,11 @@ class BlockingProbe(Probe):
         self.loop = patches.NO_LOOP
         self.depth = 0
         self.thread = threading.get_ident()
-        patches.install(self)
+        if not self._installed:
+            # Once per test, not per phase (it is ~120 setattr each way); between phases
+            # pytest's own code runs with no loop running, which the patches let through.
+            patches.install(self)
+            self._installed = True
 
     def loop_started(self, loop: asyncio.AbstractEventLoop) -> None:
         self._ran_loop = self._ran_loop_any = True
@@ -209,7 +214,13 @@ class BlockingProbe(Probe):
 
     def phase_stopped(self, phase: str) -> None:
         self.loop = patches.NO_LOOP
-        patches.uninstall(self)
+        if phase == "teardown":
+            self.test_finished()
+
+    def test_finished(self) -> None:
+        if self._installed:
+            self._installed = False
+            patches.uninstall(self)
 
     # -- called by the patches, on the loop thread ------------------------------------
     def enter(self, name: str, caller: FrameType) -> _Site | None:
