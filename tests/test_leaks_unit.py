@@ -115,9 +115,11 @@ def _run_test(loop_factory, body, settings=probes.LeakSettings(grace=0.05, cance
     probe = probes.LeakProbe(settings, _context())
     try:
         probe.phase_started("call")
-        loop.call_soon(probe.loop_started, loop)  # as the core would, once the loop runs
-        loop.run_until_complete(_the_test_body(body))
-        probe.phase_stopped("call")
+        try:
+            loop.call_soon(probe.loop_started, loop)  # as the core would, once the loop runs
+            loop.run_until_complete(_the_test_body(body))
+        finally:
+            probe.phase_stopped("call")  # the core always ends the phase
         probe.phase_started("teardown")
         probe.phase_stopped("teardown")  # the loop outlives the test: checked here
         return probe.measurement("teardown"), loop
@@ -153,8 +155,7 @@ def test_probe_finds_a_leak_and_undoes_everything(loop_factory):
 def test_probe_passes_clean_code(loop_factory):
     async def body():
         await asyncio.gather(*(asyncio.sleep(0) for _ in range(50)))
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(asyncio.sleep(0))
+        await asyncio.wait([asyncio.create_task(asyncio.sleep(0))])
         asyncio.create_task(asyncio.sleep(0))  # finishes within the grace period
 
     m, _ = _run_test(loop_factory, body)

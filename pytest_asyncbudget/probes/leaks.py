@@ -388,6 +388,53 @@ def _raw_frames(frame: Any, limit: int = 60) -> list[RawFrame]:
     return out
 
 
+_RENAMES_TASKS: bool | None = None
+
+
+def _factory_renames_tasks(loop: Any) -> bool:
+    """True on Pythons whose ``BaseEventLoop.create_task`` renames a task made by a task
+    factory to ``"None"`` when no name was given (CPython 3.13.0). Checked once, on a
+    throwaway loop, by trying it; only stock asyncio loops are concerned."""
+    global _RENAMES_TASKS
+    if getattr(type(loop), "create_task", None) is not asyncio.BaseEventLoop.create_task:
+        return False
+    if _RENAMES_TASKS is None:
+        probe_loop = asyncio.new_event_loop()
+        coro = _nothing()
+        try:
+            probe_loop.set_task_factory(lambda loop, coro, **kwargs: _Task(coro, loop=loop, **kwargs))
+            task = probe_loop.create_task(coro)
+            _RENAMES_TASKS = task.get_name() == "None"
+            task._log_destroy_pending = False  # never run: its loop is closed right away
+        finally:
+            coro.close()
+            probe_loop.close()
+    return _RENAMES_TASKS
+
+
+async def _nothing() -> None:
+    pass
+
+
+def _create_task_calling(factory: Callable[..., Any], loop: Any, previous: Any) -> Callable[..., Any]:
+    """``loop.create_task`` that makes the task with *factory* and names it correctly.
+
+    A task factory that the test sets after this was installed wins, as it would over
+    a task factory of ours: then the class's create_task runs, unrecorded."""
+
+    def create_task(coro: Any, **kwargs: Any) -> Any:
+        if loop.get_task_factory() is not previous:
+            return type(loop).create_task(loop, coro, **kwargs)
+        name = kwargs.pop("name", None)
+        loop._check_closed()
+        task = factory(loop, coro, **kwargs)
+        if name is not None:
+            task.set_name(name)
+        return task
+
+    return create_task
+
+
 def _dead_ref() -> None:
     """Stands for a weak reference to nothing."""
     return None
@@ -525,14 +572,24 @@ class LeakProbe(Probe):
         previous_handler = loop.get_exception_handler()
         factory = self._make_factory(previous_factory, loop)
         handler = self._make_handler(previous_handler)
-        loop.set_task_factory(factory)  # undone in _unpatch_loops
+        hook: Any = factory
+        if _factory_renames_tasks(loop):
+            # CPython 3.13.0's create_task names every task "None" when a task factory is
+            # set: go in front of create_task instead, as an instance attribute (undone in
+            # _unpatch_loops), and leave the loop's task factory alone.
+            hook = _create_task_calling(factory, loop, previous_factory)
+            loop.create_task = hook  # type: ignore[method-assign]
+        else:
+            loop.set_task_factory(factory)  # undone in _unpatch_loops
         loop.set_exception_handler(handler)  # undone in _unpatch_loops
-        self._loop_patches[loop] = (previous_factory, factory, previous_handler, handler)
+        self._loop_patches[loop] = (previous_factory, hook, previous_handler, handler)
 
     def _unpatch_loops(self) -> None:
         patches, self._loop_patches = self._loop_patches, {}
-        for loop, (previous_factory, factory, previous_handler, handler) in patches.items():
-            if loop.get_task_factory() is factory:
+        for loop, (previous_factory, hook, previous_handler, handler) in patches.items():
+            if getattr(loop, "__dict__", {}).get("create_task") is hook:
+                del loop.create_task  # type: ignore[method-assign]
+            elif loop.get_task_factory() is hook:
                 loop.set_task_factory(previous_factory)
             if loop.get_exception_handler() is handler:
                 loop.set_exception_handler(previous_handler)
