@@ -462,7 +462,6 @@ class LeakProbe(Probe):
         self._owner_list: list[Owner] = list(_FIXED_OWNERS)
         self._owner_ids: dict[Owner, int] = {owner: i for i, owner in enumerate(self._owner_list)}
         self._phase = ""
-        self._run = 0
         #: id(parent task) -> (weakref, owner index), for the current loop run.
         self._owner_cache: dict[int, tuple[Any, int]] = {}
         #: [weakref to the parent that created the last task, its owner index].
@@ -501,7 +500,6 @@ class LeakProbe(Probe):
                 self._patch_loop(loop)
 
     def loop_started(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._run += 1
         self._owner_cache.clear()
         self._last_parent[0] = _dead_ref
         self._loops[loop] = None
