@@ -16,11 +16,34 @@ report) is :mod:`pytest_asyncbudget.present`'s job.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import pytest
 
 from ..culprit import Culprit
 
-__all__ = ["Finding", "Verdict"]
+__all__ = ["Finding", "Verdict", "value_default"]
+
+B = TypeVar("B")
+
+
+def value_default(config: pytest.Config, dest: str, flag: str, ini: str, parse: Callable[[Any], B]) -> B | None:
+    """A valued budget's session default: the CLI option, else the ini option.
+
+    An empty value or ``none`` means no default. A value *parse* rejects is a usage error
+    naming the option it came from.
+    """
+    value, where = config.getoption(dest), flag
+    if value is None:
+        value, where = config.getini(ini), ini
+    if value in ("", None) or str(value).strip().lower() == "none":
+        return None
+    try:
+        return parse(value)
+    except ValueError as exc:
+        raise pytest.UsageError(f"{where}={value!r}: {exc}") from None
 
 
 @dataclass

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from ..probes.lag import LagMeasurement, LagProbe
 from ..units import format_duration, parse_duration
-from .base import Finding, Verdict
+from .base import Finding, Verdict, value_default
 
 if TYPE_CHECKING:
     import pytest
@@ -39,17 +39,7 @@ def add_options(group: pytest.OptionGroup, parser: pytest.Parser) -> None:
 
 def default(config: pytest.Config) -> float | None:
     """The session-wide default budget from the CLI or the ini file, or None."""
-    import pytest
-
-    value, where = config.getoption("asyncbudget_max_loop_lag"), "--asyncbudget-max-loop-lag"
-    if value is None:
-        value, where = config.getini(INI), INI
-    if value in ("", None) or str(value).strip().lower() == "none":
-        return None
-    try:
-        return marker(value)
-    except ValueError as exc:
-        raise pytest.UsageError(f"{where}={value!r}: {exc}") from None
+    return value_default(config, "asyncbudget_max_loop_lag", "--asyncbudget-max-loop-lag", INI, marker)
 
 
 def make_probe(budget: float | None, context: ProbeContext) -> LagProbe:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..probes.rss import RssMeasurement, RssProbe
 from ..units import format_size, parse_size
-from .base import Finding, Verdict
+from .base import Finding, Verdict, value_default
 
 if TYPE_CHECKING:
     import pytest
@@ -74,17 +74,7 @@ def add_options(group: pytest.OptionGroup, parser: pytest.Parser) -> None:
 
 def default(config: pytest.Config) -> RssBudget | None:
     """The session-wide default budget from the CLI or the ini file, or None."""
-    import pytest
-
-    value, where = config.getoption("asyncbudget_max_rss"), "--asyncbudget-max-rss"
-    if value is None:
-        value, where = config.getini(INI), INI
-    if value in ("", None) or str(value).strip().lower() == "none":
-        return None
-    try:
-        return marker(value)
-    except ValueError as exc:
-        raise pytest.UsageError(f"{where}={value!r}: {exc}") from None
+    return value_default(config, "asyncbudget_max_rss", "--asyncbudget-max-rss", INI, marker)
 
 
 def make_probe(budget: RssBudget | None, context: ProbeContext) -> RssProbe:
