@@ -63,6 +63,7 @@ import io
 import os
 import sys
 import threading
+import types
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -738,6 +739,14 @@ def _targets() -> tuple[Target, ...]:
     )
     add("shutil", "", "copyfile copy copy2 copytree copymode copystat move rmtree disk_usage make_archive unpack_archive")
     add("pathlib", "Path", "read_text read_bytes write_text write_bytes")
+    # Python 3.10's pathlib calls os.* through an accessor class that captured them at
+    # import (absent from 3.11 on, where pathlib calls os directly: skipped there).
+    add(
+        "pathlib",
+        "_NormalAccessor",
+        "stat lstat listdir scandir chmod mkdir unlink rmdir rename replace symlink readlink",
+        prefix="os",
+    )
     add("tempfile", "", "TemporaryFile NamedTemporaryFile mkstemp mkdtemp")
     # sockets, and HTTP clients built on them
     add(
@@ -880,7 +889,12 @@ def _resolve(target: Target) -> _Patch | None:
         return None
     if any(original is w for _, w in _wrappers.values()):
         return None  # a stale wrapper of ours (should not happen); never wrap a wrapper
-    patch = _Patch(target, owner, original, _make_wrapper(target, original), had_own)
+    wrapper = _make_wrapper(target, original)
+    if owner is not module and isinstance(original, types.BuiltinFunctionType):
+        # A builtin function stored on a class does not bind to instances (e.g. 3.10's
+        # pathlib._NormalAccessor.mkdir = os.mkdir); a plain Python wrapper would.
+        wrapper = staticmethod(wrapper)
+    patch = _Patch(target, owner, original, wrapper, had_own)
     _patches[key] = patch
     return patch
 

@@ -302,7 +302,14 @@ class BlockingProbe(Probe):
                     allowed_module, function = entry.caller  # type: ignore[misc]
                     if module == allowed_module or module.startswith(allowed_module + "."):
                         code = frame.f_code
-                        if function is None or function == code.co_name or function == getattr(code, "co_qualname", None):
+                        qualname = getattr(code, "co_qualname", None)  # 3.11+
+                        if (
+                            function is None
+                            or function == code.co_name
+                            or function == qualname
+                            # 3.10 has no co_qualname: "Class.method" matches by its last part
+                            or (qualname is None and function.rpartition(".")[2] == code.co_name)
+                        ):
                             return importing, entry
             frame = frame.f_back
         return importing, None
