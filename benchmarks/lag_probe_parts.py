@@ -7,8 +7,7 @@ The lag probe has two parts that run while a test runs:
   (two clock reads and a comparison per loop iteration, in Python); on uvloop a 1 ms
   ``call_later`` heartbeat;
 * the session's stack sampler: a watchdog thread that wakes every few milliseconds (10 ms
-  for a large budget) and, unless pytest's ``faulthandler_timeout`` is set, re-arms
-  ``faulthandler.dump_traceback_later`` each time.
+  for a large budget) and reads the probe's ``busy_since``.
 
 This script runs one workload (two tasks ping-ponging through ``await asyncio.sleep(0)``,
 the worst case for a per-iteration cost: about two callbacks per iteration) on a fresh
@@ -80,6 +79,7 @@ def trial(kind: str, variant: str, rounds: int, sampler, budget: float) -> tuple
                     iterations = ticks.iterations
                     probe.loop_stopped(running)
                     probe.phase_stopped("call")
+                    sampler.park()
                     ticks.iterations = iterations
                 elif ticks is not None:
                     ticks.detach()
@@ -98,13 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=ROUNDS, help="sleep(0) rounds per task per trial")
     ap.add_argument("--loops", default="asyncio,uvloop")
     ap.add_argument("--budget", type=float, default=10.0, help="the max_loop_lag budget in seconds (default 10)")
-    ap.add_argument("--no-faulthandler", action="store_true", help="sampler without faulthandler (as with faulthandler_timeout set)")
     ap.add_argument("--json", metavar="PATH")
     ns = ap.parse_args(argv)
 
     from pytest_asyncbudget.sampler import StackSampler
 
-    sampler = StackSampler(use_faulthandler=not ns.no_faulthandler)
+    sampler = StackSampler()
     variants = ["none", "ticks", "probe"]
     loops = [x for x in ns.loops.split(",") if x]
     results: dict[str, dict[str, dict[str, list[float]]]] = {
@@ -122,8 +121,7 @@ def main(argv: list[str] | None = None) -> int:
                 results[kind][v]["wall"].append(wall)
                 results[kind][v]["iterations"].append(iterations)
     summary = {}
-    print(f"workload: 2 tasks x {ns.rounds} sleep(0); {ns.trials} interleaved trials; budget {ns.budget:g} s, "
-          f"sampler faulthandler {'off' if ns.no_faulthandler else 'on'}")
+    print(f"workload: 2 tasks x {ns.rounds} sleep(0); {ns.trials} interleaved trials; budget {ns.budget:g} s")
     print(f"{'loop':8} {'variant':8} {'cpu med':>9} {'ratio':>7} {'wall med':>9} {'ratio':>7} {'per tick':>14}")
     for kind in loops:
         base_cpu = statistics.median(results[kind]["none"]["cpu"])
@@ -140,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"{per_iter:>11.0f} ns")
     if ns.json:
         Path(ns.json).write_text(json.dumps({"benchmark": "lag_probe_parts", "trials": ns.trials, "rounds": ns.rounds,
-                                             "budget": ns.budget, "faulthandler": not ns.no_faulthandler,
+                                             "budget": ns.budget,
                                              "summary": summary, "raw": results}, indent=2))
     return 0
 

@@ -87,10 +87,6 @@ class LoopCore:
             for probe in probes:
                 self._errors.guard(probe, "phase_stopped", phase)
 
-    @property
-    def active(self) -> bool:
-        return sys.set_asyncgen_hooks == self._set_asyncgen_hooks
-
     # -- the patched function ---------------------------------------------------------
     def _set_asyncgen_hooks(self, *args: Any, **kwargs: Any) -> None:
         _real_set_asyncgen_hooks(*args, **kwargs)
