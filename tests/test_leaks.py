@@ -6,6 +6,7 @@ period; timing-dependent cases use margins of 10x or more (the machine is shared
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 
@@ -964,3 +965,48 @@ def test_module_fixture_task_ignoring_cancel_at_module_end_does_not_hang(suite):
         ]
     )
     result.stdout.fnmatch_lines(["test_b_next.py .*"])  # the next module ran
+
+
+def test_measured_without_a_budget_when_another_default_is_on(suite, tmp_path):
+    """A default of another budget (or the report) measures every async test for the
+    summary and report: leaks are recorded, never fail the test, and nothing waits."""
+    report = tmp_path / "report.json"
+    suite.write(
+        source="""
+        import asyncio, pytest
+
+        @pytest.mark.asyncio
+        async def test_leaves_a_task():
+            asyncio.create_task(asyncio.sleep(10), name="left-behind")
+
+        @pytest.mark.asyncio
+        async def test_fails_a_task_quietly():
+            async def boom():
+                raise ValueError("lost")
+            asyncio.create_task(boom())
+            await asyncio.sleep(0.01)
+
+        @pytest.mark.asyncio
+        async def test_clean():
+            await asyncio.sleep(0)
+
+        @pytest.mark.asyncio
+        async def test_next_sees_no_task():
+            assert not [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        """
+    )
+    result = suite.run("--asyncbudget-max-loop-lag=10s", f"--asyncbudget-report={report}", "--asyncbudget-summary=5")
+    result.assert_outcomes(passed=4)
+    data = json.loads(report.read_text())
+    tests = {t["id"].split("::")[-1]: t for t in data["tests"]}
+    leaks = {name: t["budgets"]["no_leaked_tasks"] for name, t in tests.items()}
+    assert {name: (b["verdict"], b["measured"], b["limit"]) for name, b in leaks.items()} == {
+        "test_leaves_a_task": ("measured", 1, None),
+        "test_fails_a_task_quietly": ("measured", 1, None),
+        "test_clean": ("measured", 0, None),
+        "test_next_sees_no_task": ("measured", 0, None),
+    }
+    text = json.dumps(leaks["test_leaves_a_task"])
+    assert "left-behind" in text
+    assert "lost" in json.dumps(leaks["test_fails_a_task_quietly"])
+    result.stdout.fnmatch_lines(["*no_leaked_tasks*", "*test_leaves_a_task*"])

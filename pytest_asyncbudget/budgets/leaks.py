@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 from ..culprit import Culprit, RawFrame, culprit_from
@@ -155,12 +155,15 @@ def default(config: pytest.Config) -> LeakBudget | None:
     return LeakBudget() if enabled else None
 
 
-def make_probe(budget: LeakBudget | None, context: ProbeContext) -> LeakProbe | None:
-    if budget is None:
-        return None  # nothing to measure for the summary: the budget is off for this test
+def make_probe(budget: LeakBudget | None, context: ProbeContext) -> LeakProbe:
     session = context.config.stash.get(_SETTINGS, None)
     if session is None:
         session = context.config.stash[_SETTINGS] = session_settings(context.config)
+    if budget is None:
+        # Measured for the summary and report only: no grace period (the test's timing
+        # stays as it was) and no creation sites (the frame walk is most of the cost).
+        settings = replace(LeakBudget().resolve(session), grace=0.0)
+        return LeakProbe(settings, context, record_sites=False)
     return LeakProbe(budget.resolve(session), context)
 
 
@@ -191,7 +194,10 @@ def judge(budget: LeakBudget | None, m: LeakMeasurement) -> Verdict:
     if m.unawaited:
         counts.append(_plural(len(m.unawaited), "coroutine never awaited", "coroutines never awaited"))
     problems = m.problems
-    if not m.judged:
+    if budget is None:
+        passed = True
+        headline = f"no_leaked_tasks: {', '.join(counts) or 'nothing found'} (measured only, no budget)"
+    elif not m.judged:
         passed = True
         headline = f"no_leaked_tasks: not judged, the test did not pass ({', '.join(counts) or 'nothing found'})"
     elif problems:
@@ -206,7 +212,7 @@ def judge(budget: LeakBudget | None, m: LeakMeasurement) -> Verdict:
         passed=passed,
         headline=headline,
         measured=float(problems),
-        limit=0.0,
+        limit=None if budget is None else 0.0,
         findings=findings,
     )
 

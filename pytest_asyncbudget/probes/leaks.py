@@ -451,8 +451,11 @@ class LeakProbe(Probe):
 
     budget = "no_leaked_tasks"
 
-    def __init__(self, settings: LeakSettings, context: ProbeContext) -> None:
+    def __init__(self, settings: LeakSettings, context: ProbeContext, *, record_sites: bool = True) -> None:
         self.settings = settings
+        #: False when the test is only measured (no budget): tasks are still tracked with
+        #: their owner, but where each was created is not recorded (see _make_factory).
+        self.record_sites = record_sites
         self._item = context.item
         self._thread = threading.get_ident()
         #: id(task) -> (owner index, phase, coroutine code, (code, f_lasti) pairs of the
@@ -616,11 +619,16 @@ class LeakProbe(Probe):
         # the parent seen last and its owner (most tasks come in bursts from one parent);
         # reset by loop_started, as a runner's task may run another fixture in each run
         last = self._last_parent
+        # The entry made last, and what it was made from: tasks come in bursts from one
+        # line (gather, loops), and then share that one tuple (see below).
         last_entry: tuple[Any, ...] = ()
+        #: (f_lasti, caller's f_lasti, f_code, caller's f_code, coroutine code, owner)
+        last_site: tuple[Any, ...] = (-1, -1, None, None, None, -1)
         prune_at = self._prune_at
+        record_sites = self.record_sites
 
         def task_factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
-            nonlocal last_entry, prune_at
+            nonlocal last_entry, last_site, prune_at
             if make_task is None:
                 task = previous(loop, coro, **kwargs)
             elif kwargs:
@@ -650,6 +658,15 @@ class LeakProbe(Probe):
                         else:
                             owner = probe._owner_of_parent(parent, _getframe(1))
                     last[0], last[1] = _ref(parent), owner
+                try:
+                    code = coro.cr_code
+                except AttributeError:  # not a native coroutine (a generator-based one, say)
+                    code = getattr(coro, "gi_code", None)
+                if not record_sites:
+                    origins[id(task)] = (owner, phase, code)
+                    if len(origins) > prune_at:
+                        prune_at = probe._prune()
+                    return task
                 # the creation site: the innermost frame of user code, and its caller
                 frame = first = _getframe(skip)
                 depth = 0
@@ -665,13 +682,32 @@ class LeakProbe(Probe):
                     if frame is None or depth > 40:
                         frame = None
                         break
-                code = getattr(coro, "cr_code", None)
                 if frame is not None:
-                    back = frame.f_back
+                    # Tasks come in bursts from one line (gather, loops): they then share
+                    # the tuple made for the first, so a burst of 10,000 tasks leaves one
+                    # object behind, not 10,000 (compared part by part: cheaper than
+                    # making a tuple to compare).
+                    f_code, f_lasti, back = frame.f_code, frame.f_lasti, frame.f_back
                     if back is None:
-                        entry: tuple[Any, ...] = (owner, phase, code, frame.f_code, frame.f_lasti)
+                        b_code, b_lasti = None, -1
                     else:
-                        entry = (owner, phase, code, frame.f_code, frame.f_lasti, back.f_code, back.f_lasti)
+                        b_code, b_lasti = back.f_code, back.f_lasti
+                    if (
+                        f_lasti == last_site[0]
+                        and b_lasti == last_site[1]
+                        and f_code is last_site[2]
+                        and b_code is last_site[3]
+                        and code is last_site[4]
+                        and owner == last_site[5]
+                    ):
+                        entry = last_entry
+                    else:
+                        if back is None:
+                            entry = (owner, phase, code, f_code, f_lasti)
+                        else:
+                            entry = (owner, phase, code, f_code, f_lasti, b_code, b_lasti)
+                        last_entry = entry
+                        last_site = (f_lasti, b_lasti, f_code, b_code, code, owner)
                 else:  # library code only: keep a few frames to name it
                     entry = (owner, phase, code, first.f_code, first.f_lasti)
                     back = first.f_back
@@ -680,12 +716,6 @@ class LeakProbe(Probe):
                             break
                         entry += (back.f_code, back.f_lasti)
                         back = back.f_back
-                # Tasks come in bursts from one line (gather, loops): share one tuple then,
-                # so a burst of 10,000 tasks leaves one object behind, not 10,000.
-                if entry == last_entry:
-                    entry = last_entry
-                else:
-                    last_entry = entry
                 origins[id(task)] = entry
                 if len(origins) > prune_at:
                     prune_at = probe._prune()
