@@ -61,9 +61,10 @@ def trial(kind: str, variant: str, rounds: int, sampler, budget: float) -> tuple
     probe = LagProbe(budget, SimpleNamespace(sampler=sampler, item=None, config=None))
     loop = _new_loop(kind)
     ticks = None
+    iterations = 0
     try:
         async def main() -> None:
-            nonlocal ticks
+            nonlocal ticks, iterations
             running = asyncio.get_running_loop()
             if variant == "probe":
                 probe.phase_started("call")
@@ -75,12 +76,12 @@ def trial(kind: str, variant: str, rounds: int, sampler, budget: float) -> tuple
             try:
                 await _workload(rounds)
             finally:
-                if variant == "probe":
+                if ticks is not None:
                     iterations = ticks.iterations
+                if variant == "probe":
                     probe.loop_stopped(running)
                     probe.phase_stopped("call")
                     sampler.park()
-                    ticks.iterations = iterations
                 elif ticks is not None:
                     ticks.detach()
 
@@ -89,7 +90,7 @@ def trial(kind: str, variant: str, rounds: int, sampler, budget: float) -> tuple
         c1, w1 = time.process_time(), time.perf_counter()
     finally:
         loop.close()
-    return c1 - c0, w1 - w0, getattr(ticks, "iterations", 0) if ticks is not None else 0
+    return c1 - c0, w1 - w0, iterations
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -309,6 +309,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--per-budget", action="store_true",
                     help="also run the plugin with one budget at a time (attribution; a conftest drops the "
                     "other budgets from each test's plan)")
+    ap.add_argument("--lag-default", action="store_true",
+                    help="also run the plugin with only --asyncbudget-max-loop-lag=10s set (issue 2's bar: the "
+                    "other budgets are then measured for the summary, without budgets)")
     ap.add_argument("--durations", action="store_true", help="print per-test durations once and exit")
     ap.add_argument("--profile", action="store_true", help="cProfile one plugin session per loop and exit")
     ap.add_argument("--keep", action="store_true", help="keep the generated suite and print where it is")
@@ -353,6 +356,9 @@ def main(argv: list[str] | None = None) -> int:
                     if name == "plugin":
                         planned[loop] = run.planned_budgets
             print(f"[{loop}] warm-up ok: {run.items} tests; budgets planned in the plugin run: {planned[loop]}")
+        if ns.lag_default:
+            configs["lag default only"] = (common + ["--asyncbudget-max-loop-lag=10s"], {})
+            print("also running the plugin with only a max_loop_lag default (the rest measured, no budgets)")
         if ns.per_budget:
             only = sorted({b for p in planned.values() for b in p})
             for b in only:

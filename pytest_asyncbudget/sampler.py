@@ -6,11 +6,17 @@ with ``_thread.start_new_thread``, so it never shows in ``threading.enumerate()`
 test that counts threads is not disturbed. Between tests that measure lag it waits on an
 event and costs nothing.
 
-While a test is watched, the watchdog wakes every ``interval`` seconds and reads the
-target's ``busy_since`` (when the loop last left its I/O wait, or None while it waits).
-Once the loop has been busy for ``threshold`` seconds it takes one sample of the loop
-thread's stack with ``sys._current_frames()``, and hands it to the target as
-``on_sample(when, frames)``. The lag probe pins each sample to the stretch it falls in.
+While a test is watched, the watchdog reads the target's ``busy_since`` (when the loop
+last left its I/O wait, or None while it waits). Once the loop has been busy for
+``threshold`` seconds it takes one sample of the loop thread's stack with
+``sys._current_frames()``, and hands it to the target as ``on_sample(when, frames)``. The
+lag probe pins each sample to the stretch it falls in.
+
+The watchdog wakes only when a stretch could first have crossed the threshold: at
+``busy_since + threshold`` while the loop is busy, else ``threshold`` after its look
+(a stretch that begins later cannot cross it sooner). Every wake-up costs the loop
+thread a GIL hand-over, so a 50 ms budget (25 ms threshold) means about 40 wake-ups a
+second, and a 10 s budget almost none, whatever the loop does.
 
 Blocking code that lets go of the GIL (``time.sleep``, blocking I/O) is caught in the
 act. C code that holds the GIL for the whole block (``sum(range(10**8))``,
@@ -62,8 +68,10 @@ class StackSampler:
 
     def __init__(self) -> None:
         self._wake = threading.Event()
+        #: Set to cut the watchdog's nap short (a new target with a smaller threshold).
+        self._nap = threading.Event()
         self._target: SampleTarget | None = None
-        #: (loop thread id, sampling threshold, wake-up interval)
+        #: (loop thread id, sampling threshold, shortest nap)
         self._settings = (0, 0.0, 0.0)
         self._active = False
         self._started = False
@@ -74,11 +82,14 @@ class StackSampler:
         """Sample *target*'s loop, which runs on this thread, until :meth:`release`.
 
         *threshold*: how long a stretch must last before its stack is sampled.
-        *interval*: how often the watchdog wakes.
+        *interval*: the shortest nap between two looks (the clock's useful resolution).
         """
+        previous = self._settings[1]
         self._settings = (threading.get_ident(), threshold, interval)
         self._target = target
         if self._active:
+            if threshold < previous:
+                self._nap.set()  # it may be napping for the old, longer threshold
             return
         if not self._started:
             self._started = True
@@ -96,6 +107,7 @@ class StackSampler:
         if self._active:
             self._active = False
             self._wake.clear()
+            self._nap.set()  # let it see that now rather than after its nap
 
     # -- the watchdog thread --------------------------------------------------------
     def _run(self) -> None:
@@ -109,22 +121,27 @@ class StackSampler:
     def _cycle_until_parked(self) -> None:
         last_target: SampleTarget | None = None
         last_stretch: float | None = None
+        nap = self._nap
         while self._active:
+            nap.clear()  # before the look: a set() from now on cuts the next nap short
             # Look first, sleep after: the first moment this thread holds the GIL again
             # (after its nap, or after being woken) may be right after a long C call
             # returned, with the loop thread's frame still on the line that made it.
-            thread_id, threshold, interval = self._settings
+            thread_id, threshold, shortest = self._settings
             target = self._target
+            now = _clock()
+            wake_at = now + threshold
             if target is not None:
                 if target is not last_target:
                     last_target, last_stretch = target, None
                 since = target.busy_since
                 if since is not None and since != last_stretch:
-                    now = _clock()
                     if now - since >= threshold:
                         frame = sys._current_frames().get(thread_id)
                         if frame is not None and self._target is target:
                             last_stretch = since
                             target.on_sample(now, frames_from(frame))
                         del frame
-            time.sleep(interval)
+                    else:
+                        wake_at = since + threshold  # when this stretch would cross it
+            nap.wait(max(wake_at - _clock(), shortest))

@@ -110,31 +110,51 @@ class _SelectorTicks:
     precision = "exact"
 
     def __init__(self, loop: Any, floor: float, on_blocked: OnBlocked) -> None:
-        self.busy_since: float | None = _clock()
-        self.iterations = 0
         self._selector = selector = loop._selector
-        self._ready = ready_queue = loop._ready
+        ready_queue = loop._ready
         original = selector.select
-        ticks = self
-        self._ready_count: int | None = len(ready_queue)
+        # The wrapper's state lives in closure cells, the cheapest variables Python has:
+        # this runs once per loop iteration.
+        left = _clock()  # when the loop last left its I/O wait: the current stretch began
+        waiting = False
+        iterations = 0
+        ready = len(ready_queue)  # callbacks queued when the current stretch began
 
         def select(timeout: float | None = None) -> Any:
+            nonlocal left, waiting, iterations, ready
             now = _clock()
-            since = ticks.busy_since
-            ticks.busy_since = None
-            ticks.iterations += 1
-            if since is not None and now - since >= floor:
-                on_blocked(now - since, since, ticks._ready_count)
+            waiting = True
+            iterations += 1
+            if now - left >= floor:
+                on_blocked(now - left, left, ready)
             try:
                 return original(timeout)
             finally:
-                ticks._ready_count = len(ready_queue)
-                ticks.busy_since = _clock()
+                ready = len(ready_queue)
+                left = _clock()
+                waiting = False
 
+        def state() -> tuple[float | None, int, int]:
+            return (None if waiting else left), iterations, ready
+
+        def stop() -> None:
+            nonlocal waiting
+            waiting = True
+
+        self._state = state
+        self._stop = stop
         self._wrapper = select
         selector.select = select  # undone in detach()
         self._on_blocked = on_blocked
         self._floor = floor
+
+    @property
+    def busy_since(self) -> float | None:
+        return self._state()[0]
+
+    @property
+    def iterations(self) -> int:
+        return self._state()[1]
 
     @staticmethod
     def fits(loop: Any) -> bool:
@@ -147,13 +167,14 @@ class _SelectorTicks:
         )
 
     def detach(self) -> None:
-        since, self.busy_since = self.busy_since, None
+        since, _, ready = self._state()
+        self._stop()
         if self._selector.__dict__.get("select") is self._wrapper:
             del self._selector.select
         if since is not None:
             now = _clock()
             if now - since >= self._floor:
-                self._on_blocked(now - since, since, self._ready_count)
+                self._on_blocked(now - since, since, ready)
 
 
 class _HeartbeatTicks:
@@ -205,7 +226,7 @@ class LagProbe(Probe):
         else:
             self.floor = DEFAULT_FLOOR
             self.threshold = DEFAULT_SAMPLE_THRESHOLD
-        self._interval = min(max(self.threshold / 2, 0.001), 0.010)
+        self._shortest_nap = min(self.threshold, 0.001)
         self._phase = ""
         self._watching = False
         self._samples: deque[tuple[float, list[RawFrame]]] = deque(maxlen=256)
@@ -236,7 +257,7 @@ class LagProbe(Probe):
         self._reset()
         if not self._watching:
             self._watching = True
-            self._sampler.watch(self, self.threshold, self._interval)
+            self._sampler.watch(self, self.threshold, self._shortest_nap)
 
     def loop_started(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop_name = loop_name(loop)
