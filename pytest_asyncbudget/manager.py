@@ -95,6 +95,10 @@ class Manager:
             if state is not None:
                 for probe in state.probes:  # safety net: nothing stays in place after a test
                     self.errors.guard(probe, "test_finished")
+                # The record (in self.records) is all that outlives the test: the probes
+                # would otherwise stay alive with the item until the session ends, and
+                # every garbage collection would walk them.
+                del item.stash[STATE]
             # The sampler's watchdog keeps cycling between tests that measure lag, and
             # is parked otherwise (and always after an interrupted test).
             plan = nextitem.stash.get(PLAN, None) if nextitem is not None else None
