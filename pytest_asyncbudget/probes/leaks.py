@@ -621,7 +621,7 @@ class LeakProbe(Probe):
         last = self._last_parent
         # The entry made last, and what it was made from: tasks come in bursts from one
         # line (gather, loops), and then share that one tuple (see below).
-        last_entry: tuple[Any, ...] = ()
+        last_entry: tuple[Any, ...] = (-1, phase, None)
         #: (f_lasti, caller's f_lasti, f_code, caller's f_code, coroutine code, owner)
         last_site: tuple[Any, ...] = (-1, -1, None, None, None, -1)
         prune_at = self._prune_at
@@ -663,7 +663,10 @@ class LeakProbe(Probe):
                 except AttributeError:  # not a native coroutine (a generator-based one, say)
                     code = getattr(coro, "gi_code", None)
                 if not record_sites:
-                    origins[id(task)] = (owner, phase, code)
+                    entry = last_entry
+                    if code is not entry[2] or owner != entry[0]:  # else a burst: share it
+                        entry = last_entry = (owner, phase, code)
+                    origins[id(task)] = entry
                     if len(origins) > prune_at:
                         prune_at = probe._prune()
                     return task
