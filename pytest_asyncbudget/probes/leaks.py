@@ -132,6 +132,8 @@ _OWNER_DEPTH = 200
 #: ``asyncio.all_tasks()``, which costs about 0.3 us per live task on 3.11, so it is kept
 #: rare: most tests never create this many tasks, and an entry is only ~150 bytes.
 _PRUNE_AT = 16384
+#: The task factory's memo of a walk through library frames, when there is none.
+_NO_WALK: tuple[Any, ...] = (0, 0, None, -1)
 
 
 @dataclass(frozen=True)
@@ -626,9 +628,11 @@ class LeakProbe(Probe):
         last_site: tuple[Any, ...] = (-1, -1, None, None, None, -1)
         prune_at = self._prune_at
         record_sites = self.record_sites
+        #: (frames from the first to the user's frame, id, code and f_lasti of that frame)
+        last_walk: tuple[Any, ...] = _NO_WALK
 
         def task_factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
-            nonlocal last_entry, last_site, prune_at
+            nonlocal last_entry, last_site, last_walk, prune_at
             if make_task is None:
                 task = previous(loop, coro, **kwargs)
             elif kwargs:
@@ -671,20 +675,42 @@ class LeakProbe(Probe):
                         prune_at = probe._prune()
                     return task
                 # the creation site: the innermost frame of user code, and its caller
-                frame = first = _getframe(skip)
-                depth = 0
-                while True:
-                    filename = frame.f_code.co_filename
-                    user = user_cache.get(filename)
-                    if user is None:
-                        user = is_user_file(filename)
-                    if user:
-                        break
-                    frame = frame.f_back
-                    depth += 1
-                    if frame is None or depth > 40:
-                        frame = None
-                        break
+                frame = None
+                if last_walk[0]:
+                    # A burst through library code (gather -> ensure_future -> create_task)
+                    # has the user's frame as many frames up as last time: the same frame
+                    # object (same code, same instruction) there means the same site, and
+                    # looking only there saves making a frame object per library frame.
+                    try:
+                        found = _getframe(skip + last_walk[0])
+                    except ValueError:  # a shallower stack than last time
+                        found = None
+                    if (
+                        found is not None
+                        and id(found) == last_walk[1]
+                        and found.f_code is last_walk[2]
+                        and found.f_lasti == last_walk[3]
+                    ):
+                        frame = found
+                if frame is None:
+                    frame = first = _getframe(skip)
+                    depth = 0
+                    while True:
+                        filename = frame.f_code.co_filename
+                        user = user_cache.get(filename)
+                        if user is None:
+                            user = is_user_file(filename)
+                        if user:
+                            break
+                        frame = frame.f_back
+                        depth += 1
+                        if frame is None or depth > 40:
+                            frame = None
+                            break
+                    if frame is not None and depth:
+                        last_walk = (depth, id(frame), frame.f_code, frame.f_lasti)
+                    elif last_walk[0]:
+                        last_walk = _NO_WALK
                 if frame is not None:
                     # Tasks come in bursts from one line (gather, loops): they then share
                     # the tuple made for the first, so a burst of 10,000 tasks leaves one
