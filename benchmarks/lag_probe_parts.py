@@ -4,10 +4,10 @@
 The lag probe has two parts that run while a test runs:
 
 * the tick source: on stock asyncio a wrapper around the loop's ``selector.select``
-  (two clock reads and a comparison per loop iteration, in Python); on uvloop a 1 ms
-  ``call_later`` heartbeat;
-* the session's stack sampler: a watchdog thread that wakes every few milliseconds (10 ms
-  for a large budget) and reads the probe's ``busy_since``.
+  (one clock read per busy iteration, two when the loop waits, and a comparison, in
+  Python); on uvloop a 1 ms ``call_later`` heartbeat;
+* the session's stack sampler: a watchdog thread that wakes when a stretch could first
+  cross the sampling threshold (half the budget) and reads the probe's ``busy_since``.
 
 This script runs one workload (two tasks ping-ponging through ``await asyncio.sleep(0)``,
 the worst case for a per-iteration cost: about two callbacks per iteration) on a fresh
