@@ -67,9 +67,16 @@ class StackSampler:
     """
 
     def __init__(self) -> None:
-        self._wake = threading.Event()
-        #: Set to cut the watchdog's nap short (a new target with a smaller threshold).
-        self._nap = threading.Event()
+        # Two raw locks, held while their thread should wait: the watchdog blocks in
+        # acquire() until a release() lets it through, or its timeout passes. Unlike
+        # time.sleep or threading.Event they are C calls that no test can mock or patch
+        # (a mocked time.sleep would make the watchdog spin).
+        #: Released to unpark the watchdog (held while it is parked).
+        self._unpark = _thread.allocate_lock()
+        self._unpark.acquire()
+        #: Released to cut the watchdog's nap short (a smaller threshold, or a park).
+        self._nap = _thread.allocate_lock()
+        self._nap.acquire()
         self._target: SampleTarget | None = None
         #: (loop thread id, sampling threshold, shortest nap)
         self._settings = (0, 0.0, 0.0)
@@ -89,13 +96,13 @@ class StackSampler:
         self._target = target
         if self._active:
             if threshold < previous:
-                self._nap.set()  # it may be napping for the old, longer threshold
+                _let_through(self._nap)  # it may be napping for the old, longer threshold
             return
         if not self._started:
             self._started = True
             _thread.start_new_thread(self._run, ())
         self._active = True
-        self._wake.set()
+        _let_through(self._unpark)
 
     def release(self) -> None:
         """Stop sampling the current target; the watchdog keeps cycling until :meth:`park`."""
@@ -106,14 +113,13 @@ class StackSampler:
         self._target = None
         if self._active:
             self._active = False
-            self._wake.clear()
-            self._nap.set()  # let it see that now rather than after its nap
+            _let_through(self._nap)  # let it see that now rather than after its nap
 
     # -- the watchdog thread --------------------------------------------------------
     def _run(self) -> None:
         try:
             while True:
-                self._wake.wait()
+                self._unpark.acquire()  # held again once through: the next one waits
                 self._cycle_until_parked()
         except BaseException as exc:  # noqa: BLE001 - a dying watchdog must say why, once
             self.error = f"{type(exc).__name__}: {exc}"
@@ -123,7 +129,6 @@ class StackSampler:
         last_stretch: float | None = None
         nap = self._nap
         while self._active:
-            nap.clear()  # before the look: a set() from now on cuts the next nap short
             # Look first, sleep after: the first moment this thread holds the GIL again
             # (after its nap, or after being woken) may be right after a long C call
             # returned, with the loop thread's frame still on the line that made it.
@@ -144,4 +149,14 @@ class StackSampler:
                         del frame
                     else:
                         wake_at = since + threshold  # when this stretch would cross it
-            nap.wait(max(wake_at - _clock(), shortest))
+            # Cut short by a release() made at any time since the last nap: a watch() or
+            # park() between the look and here is not missed.
+            nap.acquire(True, max(wake_at - _clock(), shortest))
+
+
+def _let_through(lock: _thread.LockType) -> None:
+    """Release *lock* if it is held: the waiting watchdog goes on (at once if not waiting)."""
+    try:
+        lock.release()
+    except RuntimeError:  # already released: a wake-up is pending anyway
+        pass

@@ -3,6 +3,7 @@ the threshold, not on a fixed cycle, and still samples a stretch that does cross
 
 from __future__ import annotations
 
+import threading
 import time
 
 from pytest_asyncbudget.sampler import StackSampler
@@ -71,3 +72,21 @@ def test_a_new_target_with_a_smaller_threshold_cuts_the_nap_short():
     finally:
         sampler.park()
     assert busy.samples, "the watchdog kept napping for the old threshold"
+
+
+def test_a_mocked_time_sleep_or_event_wait_does_not_make_the_watchdog_spin(monkeypatch):
+    """Tests often mock time.sleep; the watchdog waits on raw locks, not on either."""
+    calls = []
+    monkeypatch.setattr(time, "sleep", lambda s: calls.append(s))
+    monkeypatch.setattr(threading.Event, "wait", lambda self, timeout=None: calls.append(timeout) or True)
+    sampler = StackSampler()
+    target = Target(since=None)
+    try:
+        sampler.watch(target, threshold=1.0, interval=0.001)
+        deadline = time.perf_counter() + 0.3
+        while time.perf_counter() < deadline:
+            pass  # wait without time.sleep (mocked)
+    finally:
+        sampler.park()
+    assert calls == []
+    assert 1 <= target.looks <= 2
