@@ -23,6 +23,7 @@ import textwrap
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PYTHON = sys.executable
 PLAIN_ARGS = ["-p", "no:asyncbudget"]
@@ -377,3 +378,14 @@ def loadavg() -> float | None:
         return os.getloadavg()[0]
     except OSError:
         return None
+
+
+def runs_data(runs: dict[str, Any]) -> dict[str, Any]:
+    """Nested dicts of lists of :class:`Run` as plain data, without each run's output tail."""
+    return {k: runs_data(v) if isinstance(v, dict) else [vars(r) | {"tail": None} for r in v] for k, v in runs.items()}
+
+
+def write_json(path: str, benchmark: str, **fields: Any) -> None:
+    """Write one benchmark's results to *path* as ``{"benchmark": ..., **fields}``."""
+    Path(path).write_text(json.dumps({"benchmark": benchmark, **fields}, indent=2))
+    print(f"wrote {path}")

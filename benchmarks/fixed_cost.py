@@ -28,7 +28,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 import tempfile
@@ -160,19 +159,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{'':14} crashed runs (retried, not timed): {crashes[suite]}")
         print(f"(rounds: {ns.rounds}; 1-min load average during the runs: median {c.median(loads):.2f}, max {max(loads):.2f}, 2 cores)")
         if ns.json:
-            Path(ns.json).write_text(json.dumps({
-                "benchmark": "fixed_cost",
-                "machine": info,
-                "budgets_on": used,
-                "budgets_planned": planned,
-                "options_skipped": skipped,
-                "rounds": ns.rounds,
-                "faulthandler_timeout": ns.faulthandler_timeout,
-                "loadavg": loads,
-                "summary": summary,
-                "runs": {s: {k: [vars(r) | {"tail": None} for r in v] for k, v in d.items()} for s, d in runs.items()},
-            }, indent=2))
-            print(f"wrote {ns.json}")
+            c.write_json(
+                ns.json, "fixed_cost", machine=info, budgets_on=used, budgets_planned=planned,
+                options_skipped=skipped, rounds=ns.rounds, faulthandler_timeout=ns.faulthandler_timeout,
+                loadavg=loads, summary=summary, runs=c.runs_data(runs),
+            )
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -38,7 +38,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import subprocess
 import sys
@@ -402,23 +401,12 @@ def main(argv: list[str] | None = None) -> int:
         if loads:
             print(f"1-min load average during the runs: median {c.median(loads):.2f}, max {max(loads):.2f} (2 cores)")
         if ns.json:
-            Path(ns.json).write_text(json.dumps({
-                "benchmark": "overhead",
-                "machine": info,
-                "budgets_on": used,
-                "budgets_planned": planned,
-                "options_skipped": skipped,
-                "rounds": ns.rounds,
-                "faulthandler_timeout": ns.faulthandler_timeout,
-                "crashed_runs": crashes,
-                "scale": ns.scale,
-                "repeats": ns.repeats,
-                "sizes": SIZES,
-                "loadavg": loads,
-                "summary": summary,
-                "runs": {loop: {name: [vars(r) | {"tail": None} for r in rs] for name, rs in v.items()} for loop, v in runs.items()},
-            }, indent=2))
-            print(f"wrote {ns.json}")
+            c.write_json(
+                ns.json, "overhead", machine=info, budgets_on=used, budgets_planned=planned,
+                options_skipped=skipped, rounds=ns.rounds, faulthandler_timeout=ns.faulthandler_timeout,
+                crashed_runs=crashes, scale=ns.scale, repeats=ns.repeats, sizes=SIZES, loadavg=loads,
+                summary=summary, runs=c.runs_data(runs),
+            )
         return 0
     finally:
         if not ns.keep:

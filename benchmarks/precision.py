@@ -252,12 +252,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"(sessions per loop: {ns.sessions}, reps per session: {ns.reps}; "
               f"budget = {ns.budget_fraction:g} x d; 2 cores, load {c.loadavg():.2f} at the end)")
         if ns.json:
-            Path(ns.json).write_text(json.dumps({
-                "benchmark": "precision", "machine": info, "sessions": ns.sessions, "reps": ns.reps,
-                "budget_fraction": ns.budget_fraction, "crashed_sessions": crashes, "pytest_args": ns.pytest_arg,
-                "summary": summary, "rows": rows,
-            }, indent=2))
-            print(f"wrote {ns.json}")
+            c.write_json(
+                ns.json, "precision", machine=info, sessions=ns.sessions, reps=ns.reps,
+                budget_fraction=ns.budget_fraction, crashed_sessions=crashes, pytest_args=ns.pytest_arg,
+                summary=summary, rows=rows,
+            )
         return 0
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
