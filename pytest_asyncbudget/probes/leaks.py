@@ -621,18 +621,16 @@ class LeakProbe(Probe):
         # the parent seen last and its owner (most tasks come in bursts from one parent);
         # reset by loop_started, as a runner's task may run another fixture in each run
         last = self._last_parent
-        # The entry made last, and what it was made from: tasks come in bursts from one
-        # line (gather, loops), and then share that one tuple (see below).
+        # The entry made last: tasks come in bursts from one line (gather, loops), and
+        # then share that one tuple (see below).
         last_entry: tuple[Any, ...] = (-1, phase, None)
-        #: (f_lasti, caller's f_lasti, f_code, caller's f_code, coroutine code, owner)
-        last_site: tuple[Any, ...] = (-1, -1, None, None, None, -1)
         prune_at = self._prune_at
         record_sites = self.record_sites
         #: (frames from the first to the user's frame, id, code and f_lasti of that frame)
         last_walk: tuple[Any, ...] = _NO_WALK
 
         def task_factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
-            nonlocal last_entry, last_site, last_walk, prune_at
+            nonlocal last_entry, last_walk, prune_at
             if make_task is None:
                 task = previous(loop, coro, **kwargs)
             elif kwargs:
@@ -717,26 +715,28 @@ class LeakProbe(Probe):
                     # object behind, not 10,000 (compared part by part: cheaper than
                     # making a tuple to compare).
                     f_code, f_lasti, back = frame.f_code, frame.f_lasti, frame.f_back
+                    entry = last_entry
                     if back is None:
-                        b_code, b_lasti = None, -1
+                        if not (
+                            len(entry) == 5
+                            and f_lasti == entry[4]
+                            and f_code is entry[3]
+                            and code is entry[2]
+                            and owner == entry[0]
+                        ):
+                            entry = last_entry = (owner, phase, code, f_code, f_lasti)
                     else:
                         b_code, b_lasti = back.f_code, back.f_lasti
-                    if (
-                        f_lasti == last_site[0]
-                        and b_lasti == last_site[1]
-                        and f_code is last_site[2]
-                        and b_code is last_site[3]
-                        and code is last_site[4]
-                        and owner == last_site[5]
-                    ):
-                        entry = last_entry
-                    else:
-                        if back is None:
-                            entry = (owner, phase, code, f_code, f_lasti)
-                        else:
-                            entry = (owner, phase, code, f_code, f_lasti, b_code, b_lasti)
-                        last_entry = entry
-                        last_site = (f_lasti, b_lasti, f_code, b_code, code, owner)
+                        if not (
+                            len(entry) == 7
+                            and f_lasti == entry[4]
+                            and b_lasti == entry[6]
+                            and f_code is entry[3]
+                            and b_code is entry[5]
+                            and code is entry[2]
+                            and owner == entry[0]
+                        ):
+                            entry = last_entry = (owner, phase, code, f_code, f_lasti, b_code, b_lasti)
                 else:  # library code only: keep a few frames to name it
                     entry = (owner, phase, code, first.f_code, first.f_lasti)
                     back = first.f_back
