@@ -72,7 +72,7 @@ from typing import Any, Protocol
 
 from asyncio import _get_running_loop
 
-from .culprit import is_user_file
+from .culprit import _user_file_cache, is_user_file
 
 __all__ = [
     "BlockingCallError",
@@ -178,6 +178,44 @@ def _answered_call(
     return _blocking_call(p, name, original, args, kwargs, caller)
 
 
+def _checked_call(
+    p: Watcher, name: str, original: Callable[..., Any], check: Callable[..., Any], args: tuple[Any, ...], caller: FrameType
+) -> Any:
+    """The generic wrapper's path below its first test, for the specialized wrappers."""
+    __tracebackhide__ = True
+    try:
+        answer = check(original, args, {})
+    except Exception:  # noqa: BLE001 - a bug of ours: reported by the probe, call goes ahead
+        p.check_failed(name)
+        answer = _PASS
+    if answer is _PASS:
+        return original(*args)
+    if answer is not _BLOCKS and type(answer) is not _Blocks:
+        return answer
+    return _answered_call(p, name, original, answer, args, {}, caller)
+
+
+#: Timeouts the specialized wrappers compare without a check (anything else goes to it).
+_REALS = frozenset({int, float})
+
+
+def _has_signature(original: Callable[..., Any], names: tuple[str, ...], defaults: tuple[Any, ...]) -> bool:
+    """Does *original* take exactly these parameters (by position or keyword), with these
+    defaults for the last ones? Only then may a wrapper spell its signature out."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(original).parameters.values())
+    except (TypeError, ValueError):
+        return False
+    if [p.name for p in params] != list(names):
+        return False
+    if any(p.kind is not inspect.Parameter.POSITIONAL_OR_KEYWORD for p in params):
+        return False
+    got = tuple(p.default for p in params[len(params) - len(defaults) :])
+    return len(got) == len(defaults) and all(a is b or a == b for a, b in zip(got, defaults))
+
+
 def _function_wrapper(name: str, original: Callable[..., Any], check: Callable[..., Any] | None) -> Callable[..., Any]:
     if check is None:
 
@@ -202,6 +240,34 @@ def _function_wrapper(name: str, original: Callable[..., Any], check: Callable[.
                 return original(*args, **kwargs)
             __tracebackhide__ = True  # pytest hides this frame (slow path only)
             return _blocking_call(p, name, original, args, kwargs, sys._getframe(1))
+
+    elif check is _semaphore_acquire_blocks and _has_signature(original, ("self", "blocking", "timeout"), (True, None)):
+        # Hot on the loop: an executor's submit does acquire(timeout=0) at every
+        # run_in_executor/to_thread. The answers that need no look are inlined.
+
+        def wrapper(self: Any, blocking: Any = True, timeout: Any = None) -> Any:  # type: ignore[misc]
+            p = _probe
+            if (
+                p is None
+                or not blocking
+                or (timeout.__class__ in _REALS and timeout <= 0)
+                or p.depth
+                or _get_running_loop() is not p.loop
+            ):
+                return original(self, blocking, timeout)
+            __tracebackhide__ = True  # pytest hides this frame (slow path only)
+            return _checked_call(p, name, original, check, (self, blocking, timeout), sys._getframe(1))
+
+    elif check is _future_wait_blocks and _has_signature(original, ("self", "timeout"), (None,)):
+        # Hot on the loop: asyncio reads every executor future's exception() and result()
+        # once it is done (wrap_future). A done future needs no other look.
+
+        def wrapper(self: Any, timeout: Any = None) -> Any:  # type: ignore[misc]
+            p = _probe
+            if p is None or getattr(self, "_state", None) in _FUTURE_DONE or p.depth or _get_running_loop() is not p.loop:
+                return original(self, timeout)
+            __tracebackhide__ = True  # pytest hides this frame (slow path only)
+            return _checked_call(p, name, original, check, (self, timeout), sys._getframe(1))
 
     else:
 
@@ -635,8 +701,13 @@ def _lock_factory(name: str, original: Callable[..., Any]) -> Callable[..., Any]
 
     def factory(*args: Any, **kwargs: Any) -> Any:
         lock = original(*args, **kwargs)
-        if _probe is not None and is_user_file(sys._getframe(1).f_code.co_filename):
-            return WatchedLock(lock, name)
+        if _probe is not None:
+            # (is_user_file's cache read inline: every Condition and executor Future
+            # makes a lock here, from the standard library)
+            filename = sys._getframe(1).f_code.co_filename
+            user = _user_file_cache.get(filename)
+            if user or (user is None and is_user_file(filename)):
+                return WatchedLock(lock, name)
         return lock
 
     try:
