@@ -228,18 +228,19 @@ def _function_wrapper(name: str, original: Callable[..., Any], check: Callable[.
 
     elif check is _socket_blocks:  # the hottest on the loop (asyncio's transports): inlined
 
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            # A non-blocking socket (timeout 0.0: every socket of asyncio's transports)
+            # goes straight through, wherever and whenever it is used: one C call.
+            try:
+                if _socket_gettimeout(self) == 0.0:
+                    return original(self, *args, **kwargs)
+            except Exception:  # noqa: BLE001 - not a socket: the original raises the error
+                return original(self, *args, **kwargs)
             p = _probe
             if p is None or p.depth or _get_running_loop() is not p.loop:
-                return original(*args, **kwargs)
-            try:
-                blocks = _socket_gettimeout(args[0]) != 0.0
-            except Exception:  # noqa: BLE001 - not a socket: the original raises the error
-                blocks = False
-            if not blocks:
-                return original(*args, **kwargs)
+                return original(self, *args, **kwargs)
             __tracebackhide__ = True  # pytest hides this frame (slow path only)
-            return _blocking_call(p, name, original, args, kwargs, sys._getframe(1))
+            return _blocking_call(p, name, original, (self, *args), kwargs, sys._getframe(1))
 
     elif check is _semaphore_acquire_blocks and _has_signature(original, ("self", "blocking", "timeout"), (True, None)):
         # Hot on the loop: an executor's submit does acquire(timeout=0) at every
