@@ -117,37 +117,43 @@ class _SelectorTicks:
         original = selector.select
         # The wrapper's state lives in closure cells, the cheapest variables Python has:
         # this runs once per loop iteration.
-        left = _clock()  # when the loop last left its I/O wait: the current stretch began
-        waiting = False
+        # When the loop last left its I/O wait (the current stretch began), or None while
+        # it waits in it.
+        left: float | None = _clock()
         iterations = 0
         ready = len(ready_queue)  # callbacks queued when the current stretch began
 
         def select(timeout: float | None = None) -> Any:
-            nonlocal left, waiting, iterations, ready
+            nonlocal left, iterations, ready
             now = _clock()
+            since = left
+            if since is None:  # stopped (a wrapper someone put over ours still calls it)
+                return original(timeout)
             iterations += 1
-            if now - left >= floor:
-                on_blocked(now - left, left, ready)
-            ready = len(ready_queue)
+            if now - since >= floor:
+                on_blocked(now - since, since, ready)
             if timeout == 0:
                 # A poll (callbacks are ready, so the loop does not wait): the next stretch
                 # starts now, give or take the few microseconds of the poll itself. One
                 # clock read per iteration on a busy loop instead of two.
+                ready = len(ready_queue)
                 left = now
                 return original(0)
-            waiting = True
+            # A wait: the loop waits only when nothing is ready, so the stretch after it
+            # starts with no queued callbacks.
+            ready = 0
+            left = None
             try:
                 return original(timeout)
             finally:
                 left = _clock()
-                waiting = False
 
         def state() -> tuple[float | None, int, int]:
-            return (None if waiting else left), iterations, ready
+            return left, iterations, ready
 
         def stop() -> None:
-            nonlocal waiting
-            waiting = True
+            nonlocal left
+            left = None
 
         self._state = state
         self._stop = stop
