@@ -14,6 +14,7 @@ _CHECKS = """
 import asyncio, gc, json, sys, threading
 
 REAL_SET_ASYNCGEN_HOOKS = sys.set_asyncgen_hooks
+REAL_GATHER = asyncio.gather
 BASE_THREADS = {t.ident for t in threading.enumerate()}
 SEEN_LOOPS = []
 
@@ -21,6 +22,8 @@ def leftovers():
     found = []
     if sys.set_asyncgen_hooks is not REAL_SET_ASYNCGEN_HOOKS:
         found.append("sys.set_asyncgen_hooks still patched")
+    if asyncio.gather is not REAL_GATHER or asyncio.tasks.gather is not REAL_GATHER:
+        found.append("asyncio.gather still wrapped")
     for loop in SEEN_LOOPS:
         selector = getattr(loop, "_selector", None)
         if selector is not None and "select" in vars(selector):

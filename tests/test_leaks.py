@@ -88,6 +88,68 @@ def test_leaked_task_of_a_function_scoped_fixture(suite):
     )
 
 
+def test_tasks_leaked_through_gather_name_the_gather_line(suite):
+    # gather() is wrapped for the phase so that it finds its caller's line once for all
+    # the tasks it makes; the answer must be the one a per-task look gives: the gather
+    # line, in a helper called by the test (with the test's line as its caller), and the
+    # same when gather was imported by name (not wrapped: looked at task by task).
+    suite.ini(extra=ON)
+    suite.write(
+        source="""
+        import asyncio, pytest
+        from asyncio import gather as imported_gather
+
+        async def forever():
+            await asyncio.sleep(10)
+
+        def start_many():
+            return asyncio.gather(forever(), forever(), forever())
+
+        @pytest.mark.asyncio
+        async def test_direct():
+            asyncio.gather(*(forever() for _ in range(3)))
+            await asyncio.sleep(0)
+
+        @pytest.mark.asyncio
+        async def test_in_helper():
+            start_many()
+            await asyncio.sleep(0)
+
+        @pytest.mark.asyncio
+        async def test_imported():
+            imported_gather(forever(), forever())
+            await asyncio.sleep(0)
+
+        @pytest.mark.asyncio
+        async def test_awaited_is_clean():
+            assert await asyncio.gather(asyncio.sleep(0, 1), asyncio.sleep(0, 2)) == [1, 2]
+        """
+    )
+    result = suite.run("-p", "no:randomly")
+    result.assert_outcomes(failed=3, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_direct _*",
+            "no_leaked_tasks failed: 3 tasks leaked",
+            "  task 'Task-*' running forever() was still pending after the test",
+            "    culprit: test_suite.py:12 in test_direct",
+            "        asyncio.gather(*(forever() for _ in range(3)))",
+            "*_ test_in_helper _*",
+            "no_leaked_tasks failed: 3 tasks leaked",
+            "    culprit: test_suite.py:8 in start_many",
+            "        return asyncio.gather(forever(), forever(), forever())",
+            "    stack (user frames, innermost last):",
+            "      test_suite.py:17 in test_in_helper",
+            "      test_suite.py:8 in start_many",
+            "*_ test_imported _*",
+            "no_leaked_tasks failed: 2 tasks leaked",
+            "    culprit: test_suite.py:22 in test_imported",
+            "        imported_gather(forever(), forever())",
+        ]
+    )
+    assert "internal error" not in result.stdout.str()
+
+
 def test_task_spawned_by_a_task_is_the_tests_and_named_where_spawned(suite):
     suite.ini(extra=ON)
     suite.write(

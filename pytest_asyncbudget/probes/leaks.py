@@ -22,6 +22,10 @@ exception handler set during the test is never clobbered.
   against ``asyncio.all_tasks()`` whenever the table has grown fourfold. Tasks that a
   runner creates to start a coroutine on a loop that is not running yet (pytest-asyncio's
   and anyio's ``run``) are not recorded at all.
+* **gather()** - with a budget (not when only measured), ``asyncio.gather`` is wrapped
+  for the phase: it finds its caller's line once per call, and the factory gives that
+  site to every task the caller's task makes until gather returns, instead of looking at
+  the stack once per task (that look was half the cost of a task made by gather).
 * **Exceptions never retrieved, tasks destroyed while pending** - asyncio reports both
   from ``Task.__del__`` through ``loop.call_exception_handler``. An exception handler is
   put on each loop for the phase; it notes the contexts that concern tasks of this test and
@@ -76,6 +80,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import functools
 import gc
 import inspect
 import os
@@ -105,6 +110,8 @@ __all__ = [
 ]
 
 _getframe = sys._getframe
+_get_ident = threading.get_ident
+_get_running_loop = asyncio._get_running_loop
 # asyncio.current_task is a Python function on 3.11 and a C function from 3.12 on; on
 # 3.11 the dict it reads is used directly (half the cost of a task's recording).
 _current_tasks = getattr(asyncio.tasks, "_current_tasks", None)
@@ -132,6 +139,8 @@ _OWNER_DEPTH = 200
 #: ``asyncio.all_tasks()``, which costs about 0.3 us per live task on 3.11, so it is kept
 #: rare: most tests never create this many tasks, and an entry is only ~150 bytes.
 _PRUNE_AT = 16384
+#: The gather wrapper's "no gather in progress" (never a task, nor None).
+_NO_BURST: Any = object()
 #: The task factory's memo of a walk through library frames, when there is none.
 _NO_WALK: tuple[Any, ...] = (0, 0, None, -1)
 
@@ -481,6 +490,11 @@ class LeakProbe(Probe):
         self._warn_patch: Any = None
         self._warn_original: Any = None
         self._runner_patches: list[tuple[Any, Any, Any]] = []
+        #: (module, original, wrapper) of asyncio.gather, in full mode (see _patch_gather).
+        self._gather_patches: list[tuple[Any, Any, Any]] = []
+        #: [parent task, creation site] while a gather() of the test's thread makes its
+        #: tasks, else [_NO_BURST, None]; shared by the gather wrapper and the factories.
+        self._burst: list[Any] = [_NO_BURST, None]
         self._in_gc = False
         # state across the test
         self._loops: dict[Any, None] = {}
@@ -500,6 +514,8 @@ class LeakProbe(Probe):
         self._patch_warnings()
         gc.callbacks.append(self._gc_event)
         self._patch_runners()
+        if self.record_sites:
+            self._patch_gather()
         for loop in self._loops:  # loops of earlier phases: a fixture's finalizer may drop
             if not loop.is_closed():  # a failed task before the loop runs again
                 self._patch_loop(loop)
@@ -517,6 +533,7 @@ class LeakProbe(Probe):
                 self._check_remaining_loops()
         finally:
             self._unpatch_runners()
+            self._unpatch_gather()
             self._unpatch_loops()
             self._unpatch_warnings()
             try:
@@ -628,9 +645,12 @@ class LeakProbe(Probe):
         record_sites = self.record_sites
         #: (frames from the first to the user's frame, id, code and f_lasti of that frame)
         last_walk: tuple[Any, ...] = _NO_WALK
+        burst = self._burst
+        #: The gather site last_entry was made from (None: made another way).
+        last_burst_site: Any = None
 
         def task_factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
-            nonlocal last_entry, last_walk, prune_at
+            nonlocal last_entry, last_walk, prune_at, last_burst_site
             if make_task is None:
                 task = previous(loop, coro, **kwargs)
             elif kwargs:
@@ -672,6 +692,19 @@ class LeakProbe(Probe):
                     if len(origins) > prune_at:
                         prune_at = probe._prune()
                     return task
+                if burst[0] is parent:
+                    # Made by a gather() that this task's parent called: its site was
+                    # found once, when gather was called (see _patch_gather).
+                    site = burst[1]
+                    entry = last_entry
+                    if not (last_burst_site is site and code is entry[2] and owner == entry[0]):
+                        entry = last_entry = (owner, phase, code, *site)
+                        last_burst_site = site
+                    origins[id(task)] = entry
+                    if len(origins) > prune_at:
+                        prune_at = probe._prune()
+                    return task
+                last_burst_site = None
                 # the creation site: the innermost frame of user code, and its caller
                 frame = None
                 if last_walk[0]:
@@ -979,6 +1012,73 @@ class LeakProbe(Probe):
             patch = self._make_runner_patch(original)
             module._cancel_all_tasks = patch  # undone in _unpatch_runners
             self._runner_patches.append((module, original, patch))
+
+    def _patch_gather(self) -> None:
+        """Put a wrapper on ``asyncio.gather`` for the phase (full mode only).
+
+        gather() makes one task per coroutine it is given, all from the same line: the
+        wrapper finds that line once per call, and the task factory uses it for the
+        tasks the caller's task makes until gather returns, instead of looking at the
+        stack once per task. Code that imported gather by name calls the original,
+        and its tasks are looked at one by one, with the same result.
+        """
+        original = getattr(asyncio, "gather", None)
+        if not callable(original) or getattr(asyncio.tasks, "gather", None) is not original:
+            return  # replaced by someone else: leave it to them
+        wrapper = self._make_gather(original)
+        for module in (asyncio, asyncio.tasks):
+            module.gather = wrapper  # type: ignore[attr-defined]  # undone in _unpatch_gather
+            self._gather_patches.append((module, original, wrapper))
+
+    def _unpatch_gather(self) -> None:
+        patches, self._gather_patches = self._gather_patches, []
+        for module, original, wrapper in patches:
+            if getattr(module, "gather", None) is wrapper:
+                module.gather = original
+        self._burst[0], self._burst[1] = _NO_BURST, None
+
+    def _make_gather(self, original: Callable[..., Any]) -> Callable[..., Any]:
+        burst = self._burst
+        thread = self._thread
+        user_cache = _user_file_cache
+
+        def gather(*coros_or_futures: Any, **kwargs: Any) -> Any:
+            if _get_ident() != thread:
+                return original(*coros_or_futures, **kwargs)
+            loop = _get_running_loop()
+            parent = _current_task(loop) if loop is not None else None
+            site = None
+            if parent is not None:
+                try:  # the innermost frame of user code, as the task factory finds it
+                    frame = _getframe(1)
+                    depth = 0
+                    while frame is not None and depth <= 40:
+                        filename = frame.f_code.co_filename
+                        user = user_cache.get(filename)
+                        if user is None:
+                            user = is_user_file(filename)
+                        if user:
+                            back = frame.f_back
+                            site = (frame.f_code, frame.f_lasti)
+                            if back is not None:
+                                site += (back.f_code, back.f_lasti)
+                            break
+                        frame = frame.f_back
+                        depth += 1
+                    del frame
+                except Exception:  # noqa: BLE001 - the factory looks at each task instead
+                    site = None
+            if site is None:
+                return original(*coros_or_futures, **kwargs)
+            saved = burst[0], burst[1]
+            burst[0], burst[1] = parent, site
+            try:
+                return original(*coros_or_futures, **kwargs)
+            finally:
+                burst[0], burst[1] = saved
+
+        functools.update_wrapper(gather, original)
+        return gather
 
     def _unpatch_runners(self) -> None:
         patches, self._runner_patches = self._runner_patches, []
