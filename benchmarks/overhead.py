@@ -43,6 +43,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -229,6 +230,52 @@ def summarize(runs: dict[str, dict[str, list[c.Run]]], loops: list[str]) -> dict
     return out
 
 
+def per_test_minimum(runs: dict[str, dict[str, list[c.Run]]], loops: list[str]) -> dict[str, dict[str, Any]]:
+    """loop -> configuration -> the low-noise estimate: per kind of test, the fastest call
+    over all its copies and rounds; summed over the kinds; as a ratio to plain.
+
+    On a shared machine a session's time moves by 5-10% from run to run, as much as the
+    overhead itself. The fastest of 10 x rounds calls of the same test is much steadier
+    (the machine's noise only ever adds time), so this sum resolves differences of about
+    1%. It leaves out what happens between calls (collection, setup and teardown: the
+    plugin's fixed cost per test, measured by fixed_cost.py).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for loop in loops:
+        mins: dict[str, dict[str, float]] = {}
+        for name, rs in runs[loop].items():
+            kinds: dict[str, float] = {}
+            for run in rs:
+                for nodeid, seconds in run.durations.items():
+                    kind = nodeid.split("::")[-1].split("[")[0]
+                    kinds[kind] = min(seconds, kinds.get(kind, float("inf")))
+            mins[name] = kinds
+        plain = mins.get("plain", {})
+        out[loop] = {}
+        for name, kinds in mins.items():
+            if not kinds or not plain:
+                continue
+            total = sum(kinds.values())
+            out[loop][name] = {
+                "sum_of_min_call_s": total,
+                "ratio": total / sum(plain.values()),
+                "per_kind_ratio": {k: kinds[k] / plain[k] for k in sorted(kinds) if plain.get(k)},
+                "per_kind_min_s": dict(sorted(kinds.items())),
+            }
+    return out
+
+
+def print_per_test(est: dict[str, dict[str, Any]]) -> None:
+    print("\nper-test minimum (fastest call of each kind of test over all copies and rounds, summed; "
+          "calls only, no setup/teardown):")
+    for loop, per_config in est.items():
+        for name, row in per_config.items():
+            if name == "plain":
+                continue
+            kinds = "  ".join(f"{k.removeprefix('test_')} {v:.3f}" for k, v in row["per_kind_ratio"].items())
+            print(f"  {loop:8} {name:22} ratio {row['ratio']:.4f}   ({kinds})")
+
+
 def print_table(summary: dict[str, dict[str, dict[str, float]]]) -> None:
     print()
     print(f"{'loop':8} {'config':22} {'clock':11} {'plain med':>10} {'config med':>10} {'ratio of med':>12} "
@@ -375,7 +422,7 @@ def main(argv: list[str] | None = None) -> int:
                 line = []
                 for name in order:
                     args, env = configs[name]
-                    run, crashed = c.run_pytest_retry(projects[loop], args, env=env)
+                    run, crashed = c.run_pytest_retry(projects[loop], args, env=env, durations=True)
                     crashes[loop][name] += crashed
                     if crashed:
                         line.append(f"{name} CRASHED x{crashed} (retried)")
@@ -395,6 +442,8 @@ def main(argv: list[str] | None = None) -> int:
                 summary[loop][name]["crashed_runs"] = crashes[loop][name]
                 summary[loop][name]["plain_crashed_runs"] = crashes[loop]["plain"]
         print_table(summary)
+        estimate = per_test_minimum(runs, loops)
+        print_per_test(estimate)
         for loop in loops:
             parts = ", ".join(f"{n} {crashes[loop][n]} of {crashes[loop][n] + ns.rounds}" for n in names)
             print(f"[{loop}] runs that crashed (killed by a signal; retried, not timed): {parts}")
@@ -405,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
                 ns.json, "overhead", machine=info, budgets_on=used, budgets_planned=planned,
                 options_skipped=skipped, rounds=ns.rounds, faulthandler_timeout=ns.faulthandler_timeout,
                 crashed_runs=crashes, scale=ns.scale, repeats=ns.repeats, sizes=SIZES, loadavg=loads,
-                summary=summary, runs=c.runs_data(runs),
+                summary=summary, per_test_minimum=estimate, runs=c.runs_data(runs),
             )
         return 0
     finally:
