@@ -179,20 +179,22 @@ def _answered_call(
 
 
 def _checked_call(
-    p: Watcher, name: str, original: Callable[..., Any], check: Callable[..., Any], args: tuple[Any, ...], caller: FrameType
+    p: Watcher, name: str, original: Callable[..., Any], check: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
 ) -> Any:
-    """The generic wrapper's path below its first test, for the specialized wrappers."""
+    """A checked wrapper's path on the loop thread: ask *check*, then call the original
+    (watched only when it will block). Called by the wrapper itself, so the frame that
+    made the call is two up."""
     __tracebackhide__ = True
     try:
-        answer = check(original, args, {})
+        answer = check(original, args, kwargs)
     except Exception:  # noqa: BLE001 - a bug of ours: reported by the probe, call goes ahead
         p.check_failed(name)
         answer = _PASS
     if answer is _PASS:
-        return original(*args)
+        return original(*args, **kwargs)
     if answer is not _BLOCKS and type(answer) is not _Blocks:
-        return answer
-    return _answered_call(p, name, original, answer, args, {}, caller)
+        return answer  # the result of the non-blocking attempt that succeeded
+    return _answered_call(p, name, original, answer, args, kwargs, sys._getframe(2))
 
 
 #: Timeouts the specialized wrappers compare without a check (anything else goes to it).
@@ -257,7 +259,7 @@ def _function_wrapper(name: str, original: Callable[..., Any], check: Callable[.
             ):
                 return original(self, blocking, timeout)
             __tracebackhide__ = True  # pytest hides this frame (slow path only)
-            return _checked_call(p, name, original, check, (self, blocking, timeout), sys._getframe(1))
+            return _checked_call(p, name, original, check, (self, blocking, timeout), {})
 
     elif check is _future_wait_blocks and _has_signature(original, ("self", "timeout"), (None,)):
         # Hot on the loop: asyncio reads every executor future's exception() and result()
@@ -268,7 +270,7 @@ def _function_wrapper(name: str, original: Callable[..., Any], check: Callable[.
             if p is None or getattr(self, "_state", None) in _FUTURE_DONE or p.depth or _get_running_loop() is not p.loop:
                 return original(self, timeout)
             __tracebackhide__ = True  # pytest hides this frame (slow path only)
-            return _checked_call(p, name, original, check, (self, timeout), sys._getframe(1))
+            return _checked_call(p, name, original, check, (self, timeout), {})
 
     else:
 
@@ -276,17 +278,8 @@ def _function_wrapper(name: str, original: Callable[..., Any], check: Callable[.
             p = _probe
             if p is None or p.depth or _get_running_loop() is not p.loop:
                 return original(*args, **kwargs)
-            try:
-                answer = check(original, args, kwargs)
-            except Exception:  # noqa: BLE001 - a bug of ours: reported by the probe, call goes ahead
-                p.check_failed(name)
-                answer = _PASS
-            if answer is _PASS:
-                return original(*args, **kwargs)
-            if answer is not _BLOCKS and type(answer) is not _Blocks:
-                return answer  # the result of the non-blocking attempt that succeeded
-            __tracebackhide__ = True  # pytest hides this frame (slow path only)
-            return _answered_call(p, name, original, answer, args, kwargs, sys._getframe(1))
+            __tracebackhide__ = True  # pytest hides this frame (loop thread only)
+            return _checked_call(p, name, original, check, args, kwargs)
 
     try:
         functools.update_wrapper(wrapper, original)
