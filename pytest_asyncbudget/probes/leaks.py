@@ -446,6 +446,22 @@ def _create_task_calling(factory: Callable[..., Any], loop: Any, previous: Any) 
     return create_task
 
 
+def _user_frame(frame: Any) -> tuple[Any, int]:
+    """The innermost frame of user code from *frame* up (at most 40 frames up), and how
+    many frames up it is; (None, ...) when there is none."""
+    depth = 0
+    while frame is not None and depth <= 40:
+        filename = frame.f_code.co_filename
+        user = _user_file_cache.get(filename)
+        if user is None:
+            user = is_user_file(filename)
+        if user:
+            return frame, depth
+        frame = frame.f_back
+        depth += 1
+    return None, depth
+
+
 def _dead_ref() -> None:
     """Stands for a weak reference to nothing."""
     return None
@@ -625,7 +641,6 @@ class LeakProbe(Probe):
         """
         origins = self._origins
         owner_cache = self._owner_cache
-        user_cache = _user_file_cache
         phase = self._phase
         callback_owner = self._owner_ids.get(_CALLBACK_OWNERS.get(phase))  # type: ignore[arg-type]
         if callback_owner is None:
@@ -724,20 +739,8 @@ class LeakProbe(Probe):
                     ):
                         frame = found
                 if frame is None:
-                    frame = first = _getframe(skip)
-                    depth = 0
-                    while True:
-                        filename = frame.f_code.co_filename
-                        user = user_cache.get(filename)
-                        if user is None:
-                            user = is_user_file(filename)
-                        if user:
-                            break
-                        frame = frame.f_back
-                        depth += 1
-                        if frame is None or depth > 40:
-                            frame = None
-                            break
+                    first = _getframe(skip)
+                    frame, depth = _user_frame(first)
                     if frame is not None and depth:
                         last_walk = (depth, id(frame), frame.f_code, frame.f_lasti)
                     elif last_walk[0]:
@@ -1040,7 +1043,6 @@ class LeakProbe(Probe):
     def _make_gather(self, original: Callable[..., Any]) -> Callable[..., Any]:
         burst = self._burst
         thread = self._thread
-        user_cache = _user_file_cache
 
         def gather(*coros_or_futures: Any, **kwargs: Any) -> Any:
             if _get_ident() != thread:
@@ -1050,21 +1052,12 @@ class LeakProbe(Probe):
             site = None
             if parent is not None:
                 try:  # the innermost frame of user code, as the task factory finds it
-                    frame = _getframe(1)
-                    depth = 0
-                    while frame is not None and depth <= 40:
-                        filename = frame.f_code.co_filename
-                        user = user_cache.get(filename)
-                        if user is None:
-                            user = is_user_file(filename)
-                        if user:
-                            back = frame.f_back
-                            site = (frame.f_code, frame.f_lasti)
-                            if back is not None:
-                                site += (back.f_code, back.f_lasti)
-                            break
-                        frame = frame.f_back
-                        depth += 1
+                    frame = _user_frame(_getframe(1))[0]
+                    if frame is not None:
+                        back = frame.f_back
+                        site = (frame.f_code, frame.f_lasti)
+                        if back is not None:
+                            site += (back.f_code, back.f_lasti)
                     del frame
                 except Exception:  # noqa: BLE001 - the factory looks at each task instead
                     site = None
