@@ -664,14 +664,22 @@ class LeakProbe(Probe):
         #: The gather site last_entry was made from (None: made another way).
         last_burst_site: Any = None
 
+        #: [coroutine, the task creating it] while a task that may start eagerly is made
+        #: (a previous factory such as eager_task_factory, or eager_start=): tasks made
+        #: during its first step come from it before it is recorded (see below).
+        starting: list[Any] = [None, None]
+
         def task_factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
             nonlocal last_entry, last_walk, prune_at, last_burst_site
-            if make_task is None:
-                task = previous(loop, coro, **kwargs)
-            elif kwargs:
-                task = make_task(coro, loop=loop, **kwargs)
-            else:
+            if make_task is not None and not kwargs:
                 task = make_task(coro, loop=loop)
+            else:
+                saved = starting[0], starting[1]
+                starting[0], starting[1] = coro, _current_task(loop)
+                try:
+                    task = previous(loop, coro, **kwargs) if make_task is None else make_task(coro, loop=loop, **kwargs)
+                finally:
+                    starting[0], starting[1] = saved
             try:
                 parent = _current_task(loop)
                 if parent is None:
@@ -692,6 +700,10 @@ class LeakProbe(Probe):
                         cached = owner_cache.get(id(parent))
                         if cached is not None and cached[0]() is parent:
                             owner = cached[1]
+                        elif starting[1] is not None and parent.get_coro() is starting[0]:
+                            # made during the eager first step of a task that is still
+                            # being made (not recorded yet): its owner is its creator's
+                            owner = probe._owner_of_parent(starting[1], _getframe(1))
                         else:
                             owner = probe._owner_of_parent(parent, _getframe(1))
                     last[0], last[1] = _ref(parent), owner
