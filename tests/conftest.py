@@ -63,6 +63,17 @@ class Suite:
         return self.pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", *args)
 
 
+@pytest.fixture(autouse=True)
+def _same_output_on_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make inner pytest runs print the same text on CI as on a developer machine.
+
+    pytest stops truncating the "short test summary info" lines when ``CI`` or
+    ``BUILD_NUMBER`` is set, so a failure message then appears twice in the output.
+    """
+    monkeypatch.delenv("CI", raising=False)
+    monkeypatch.delenv("BUILD_NUMBER", raising=False)
+
+
 @pytest.fixture(params=LOOPS)
 def loop(request: pytest.FixtureRequest) -> str:
     """The loop kind a pytester suite runs on: "asyncio" or "uvloop"."""
