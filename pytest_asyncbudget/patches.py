@@ -218,6 +218,55 @@ def _has_signature(original: Callable[..., Any], names: tuple[str, ...], default
     return len(got) == len(defaults) and all(a is b or a == b for a, b in zip(got, defaults))
 
 
+#: Socket methods that are C methods taking positional arguments only, and at most this
+#: many (``sendmsg(buffers, ancdata, flags, address)``).
+_SOCKET_POSITIONAL = frozenset("connect connect_ex recv recvfrom recvmsg recvmsg_into send sendall sendto sendmsg".split())
+_NO_ARG: Any = object()
+
+
+def _positional_only(original: Any) -> bool:
+    return isinstance(original, types.MethodDescriptorType) and original.__name__ in _SOCKET_POSITIONAL
+
+
+def _socket_positional_wrapper(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+    """The wrapper for ``socket.recv``, ``send`` and the like: the hottest on the loop
+    (every read and write of asyncio's transports).
+
+    These C methods take no keyword arguments, so the wrapper spells out up to four
+    positional ones instead of ``*args, **kwargs``: a call then builds no tuple and no
+    dict, which halves what the wrapper adds to a non-blocking call (about 330 -> 130 ns).
+    """
+
+    def wrapper(self: Any, a: Any = _NO_ARG, b: Any = _NO_ARG, c: Any = _NO_ARG, d: Any = _NO_ARG, /) -> Any:
+        # A non-blocking socket (timeout 0.0: every socket of asyncio's transports) goes
+        # straight through, wherever and whenever it is used.
+        try:
+            through = _socket_gettimeout(self) == 0.0
+        except Exception:  # noqa: BLE001 - not a socket: the original raises the error
+            through = True
+        if not through:
+            p = _probe
+            through = p is None or p.depth or _get_running_loop() is not p.loop
+        if through:
+            if b is _NO_ARG:
+                return original(self) if a is _NO_ARG else original(self, a)
+            if c is _NO_ARG:
+                return original(self, a, b)
+            return original(self, a, b, c) if d is _NO_ARG else original(self, a, b, c, d)
+        __tracebackhide__ = True  # pytest hides this frame (slow path only)
+        args = tuple(arg for arg in (self, a, b, c, d) if arg is not _NO_ARG)
+        return _blocking_call(p, name, original, args, {}, sys._getframe(1))  # type: ignore[arg-type]
+
+    # Argument errors then name the method, as the original's do ("recv() got ...").
+    code = wrapper.__code__
+    try:
+        wrapper.__code__ = code.replace(co_name=original.__name__, co_qualname=original.__name__)
+    except TypeError:  # 3.10: no co_qualname
+        wrapper.__code__ = code.replace(co_name=original.__name__)
+    functools.update_wrapper(wrapper, original)
+    return wrapper
+
+
 def _function_wrapper(name: str, original: Callable[..., Any], check: Callable[..., Any] | None) -> Callable[..., Any]:
     if check is None:
 
@@ -228,7 +277,10 @@ def _function_wrapper(name: str, original: Callable[..., Any], check: Callable[.
             __tracebackhide__ = True  # pytest hides this frame (slow path only)
             return _blocking_call(p, name, original, args, kwargs, sys._getframe(1))
 
-    elif check is _socket_blocks:  # the hottest on the loop (asyncio's transports): inlined
+    elif check is _socket_blocks and _positional_only(original):
+        return _socket_positional_wrapper(name, original)
+
+    elif check is _socket_blocks:  # hot on the loop (asyncio's transports): inlined
 
         def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
             # A non-blocking socket (timeout 0.0: every socket of asyncio's transports)

@@ -230,6 +230,41 @@ def test_open_by_descriptor_is_not_a_blocking_open(probe):
         os.close(w)
 
 
+def test_socket_wrappers_pass_every_argument_through(probe):
+    """The socket wrappers spell their positional arguments out (no *args): each arity
+    reaches the original, blocking sockets are reported, argument errors stay TypeErrors."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    c, d = socket.socketpair()
+    d.setblocking(False)
+
+    def body():
+        out = [a.send(b"one"), b.recv(16), a.send(b"two", 0), b.recv(16, 0)]
+        out.append(b.recvfrom(16, 0)[0] if a.sendall(b"three", 0) is None else None)
+        out.append(a.sendmsg([b"fo", b"ur"], [], 0))
+        out.append(b.recvmsg(16, 0, 0)[0])
+        buf = bytearray(8)
+        out.append(a.sendmsg([b"five"]) and b.recvmsg_into([buf], 0, 0)[0])
+        out.append(d.send(b"six"))  # non-blocking: passes through unreported
+        out.append(c.recv(3))
+        for bad in (lambda: b.recv(bufsize=1), lambda: b.recv(1, 0, 0, 0, 0)):
+            with pytest.raises(TypeError, match=r"recv\(\)"):
+                bad()
+        with pytest.raises(TypeError):
+            socket.socket.recv(5, 1)  # not a socket: the original's own error
+        return out
+
+    try:
+        assert on_loop(probe, body) == [3, b"one", 3, b"two", b"three", 4, b"four", 4, 3, b"six"]
+    finally:
+        for sock in (a, b, c, d):
+            sock.close()
+    assert probe.calls == [
+        "socket.socket.send", "socket.socket.recv", "socket.socket.send", "socket.socket.recv",
+        "socket.socket.sendall", "socket.socket.recvfrom", "socket.socket.sendmsg", "socket.socket.recvmsg",
+        "socket.socket.sendmsg", "socket.socket.recvmsg_into", "socket.socket.recv",
+    ]
+
+
 def test_contended_lock_waits_and_is_reported(probe):
     lock = threading.Lock()
     assert isinstance(lock, patches.WatchedLock)
