@@ -150,6 +150,73 @@ def test_tasks_leaked_through_gather_name_the_gather_line(suite):
     assert "internal error" not in result.stdout.str()
 
 
+def test_large_gathers_are_recorded_as_a_whole_with_the_same_answers(suite):
+    # A gather of 8 or more awaitables is recorded once it returns, not task by task;
+    # what a test sees must not change: tasks still running after a gather failed fast,
+    # a gather never awaited, a task made by one of gather's tasks, a cancelled gather.
+    suite.ini(extra=ON)
+    suite.write(
+        source="""
+        import asyncio, pytest
+
+        async def forever():
+            await asyncio.sleep(10)
+
+        async def boom():
+            raise ValueError("first")
+
+        async def spawner():
+            asyncio.create_task(forever(), name="grandchild")
+            await asyncio.sleep(0)
+
+        @pytest.mark.asyncio
+        async def test_failed_fast():
+            with pytest.raises(ValueError):
+                await asyncio.gather(boom(), *(forever() for _ in range(8)))
+
+        @pytest.mark.asyncio
+        async def test_never_awaited():
+            asyncio.gather(*(forever() for _ in range(9)))
+            await asyncio.sleep(0)
+
+        @pytest.mark.asyncio
+        async def test_grandchild():
+            await asyncio.gather(*(spawner() for _ in range(8)))
+
+        @pytest.mark.asyncio
+        async def test_cancelled_is_clean():
+            outer = asyncio.gather(*(forever() for _ in range(9)))
+            await asyncio.sleep(0)
+            outer.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await outer
+        """
+    )
+    result = suite.run("-p", "no:randomly")
+    result.assert_outcomes(failed=3, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_failed_fast _*",
+            "no_leaked_tasks failed: 8 tasks leaked",
+            "  task 'Task-*' running forever() was still pending after the test",
+            "    culprit: test_suite.py:16 in test_failed_fast",
+            "        await asyncio.gather(boom(), *(forever() for _ in range(8)))",
+            "    created by the test body (culprit line)",
+            "*_ test_never_awaited _*",
+            "no_leaked_tasks failed: 9 tasks leaked",
+            "    culprit: test_suite.py:20 in test_never_awaited",
+            "        asyncio.gather(*(forever() for _ in range(9)))",
+            "*_ test_grandchild _*",
+            "no_leaked_tasks failed: 8 tasks leaked",
+            "  task 'grandchild' running forever() was still pending after the test",
+            "    culprit: test_suite.py:10 in spawner",
+            "        asyncio.create_task(forever(), name=\"grandchild\")",
+            "    created by the test body (culprit line)",
+        ]
+    )
+    assert "internal error" not in result.stdout.str()
+
+
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="asyncio.eager_task_factory is 3.12+")
 def test_gather_with_an_eager_task_factory_names_each_line(suite):
     # An eager task runs its first step inside gather's create_task: tasks it makes then
@@ -1095,6 +1162,12 @@ def test_measured_without_a_budget_when_another_default_is_on(suite, tmp_path):
         @pytest.mark.asyncio
         async def test_clean():
             await asyncio.sleep(0)
+            await asyncio.gather(*(asyncio.sleep(0) for _ in range(20)))
+
+        @pytest.mark.asyncio
+        async def test_large_gather_left_running():
+            asyncio.gather(*(asyncio.sleep(10) for _ in range(9)))
+            await asyncio.sleep(0)
 
         @pytest.mark.asyncio
         async def test_next_sees_no_task():
@@ -1102,7 +1175,7 @@ def test_measured_without_a_budget_when_another_default_is_on(suite, tmp_path):
         """
     )
     result = suite.run("--asyncbudget-max-loop-lag=10s", f"--asyncbudget-report={report}", "--asyncbudget-summary=5")
-    result.assert_outcomes(passed=4)
+    result.assert_outcomes(passed=5)
     data = json.loads(report.read_text())
     tests = {t["id"].split("::")[-1]: t for t in data["tests"]}
     leaks = {name: t["budgets"]["no_leaked_tasks"] for name, t in tests.items()}
@@ -1110,6 +1183,7 @@ def test_measured_without_a_budget_when_another_default_is_on(suite, tmp_path):
         "test_leaves_a_task": ("measured", 1, None),
         "test_fails_a_task_quietly": ("measured", 1, None),
         "test_clean": ("measured", 0, None),
+        "test_large_gather_left_running": ("measured", 9, None),
         "test_next_sees_no_task": ("measured", 0, None),
     }
     text = json.dumps(leaks["test_leaves_a_task"])

@@ -22,11 +22,13 @@ exception handler set during the test is never clobbered.
   against ``asyncio.all_tasks()`` whenever the table has grown fourfold. Tasks that a
   runner creates to start a coroutine on a loop that is not running yet (pytest-asyncio's
   and anyio's ``run``) are not recorded at all.
-* **gather()** - with a budget (not when only measured), ``asyncio.gather`` is wrapped
-  for the phase: it finds its caller's line once per call, and the factory gives that
-  site to every task the caller's task makes until gather returns, instead of looking at
-  the stack once per task (on uvloop that took a task made by gather from about
-  +1.1 us to +0.6-0.9 us; see benchmarks/README.md).
+* **gather()** - ``asyncio.gather`` is wrapped for the phase (``_patch_gather``). With a
+  budget it finds its caller's line once per call, and the factory gives that site to
+  every task the caller's task makes until gather returns, instead of looking at the
+  stack once per task. A large gather (8 awaitables or more) is recorded as a whole: the
+  factory only collects its tasks in a list, kept with gather's future until the future
+  is done; only tasks still pending then (gather failed fast or was cancelled), or when
+  a record is needed earlier, get an entry each. See benchmarks/README.md for the cost.
 * **Exceptions never retrieved, tasks destroyed while pending** - asyncio reports both
   from ``Task.__del__`` through ``loop.call_exception_handler``. An exception handler is
   put on each loop for the phase; it notes the contexts that concern tasks of this test and
@@ -142,6 +144,9 @@ _OWNER_DEPTH = 200
 _PRUNE_AT = 16384
 #: The gather wrapper's "no gather in progress" (never a task, nor None).
 _NO_BURST: Any = object()
+#: A gather() of at least this many awaitables records its tasks in one go (see
+#: _make_gather); a smaller one costs less task by task.
+_BURST_MIN = 8
 #: The task factory's memo of a walk through library frames, when there is none.
 _NO_WALK: tuple[Any, ...] = (0, 0, None, -1)
 
@@ -509,9 +514,13 @@ class LeakProbe(Probe):
         self._runner_patches: list[tuple[Any, Any, Any]] = []
         #: (module, original, wrapper) of asyncio.gather, in full mode (see _patch_gather).
         self._gather_patches: list[tuple[Any, Any, Any]] = []
-        #: [parent task, creation site] while a gather() of the test's thread makes its
-        #: tasks, else [_NO_BURST, None]; shared by the gather wrapper and the factories.
-        self._burst: list[Any] = [_NO_BURST, None]
+        #: [parent task, creation site, list of the tasks made, loop] while a gather() of
+        #: the test's thread makes its tasks, else [_NO_BURST, None, None, None]; shared by
+        #: the gather wrapper and the factories (the list only for a large gather).
+        self._burst: list[Any] = [_NO_BURST, None, None, None]
+        #: id(gather's future) -> (the future, owner index, phase, site, tasks it made):
+        #: large gathers whose tasks are not in _origins yet (see _make_gather).
+        self._bursts: dict[int, tuple[Any, int, str, Any, list[Any]]] = {}
         self._in_gc = False
         # state across the test
         self._loops: dict[Any, None] = {}
@@ -531,8 +540,7 @@ class LeakProbe(Probe):
         self._patch_warnings()
         gc.callbacks.append(self._gc_event)
         self._patch_runners()
-        if self.record_sites:
-            self._patch_gather()
+        self._patch_gather()
         for loop in self._loops:  # loops of earlier phases: a fixture's finalizer may drop
             if not loop.is_closed():  # a failed task before the loop runs again
                 self._patch_loop(loop)
@@ -549,6 +557,7 @@ class LeakProbe(Probe):
             if phase == "teardown":
                 self._check_remaining_loops()
         finally:
+            self._record_bursts()
             self._unpatch_runners()
             self._unpatch_gather()
             self._unpatch_loops()
@@ -568,6 +577,7 @@ class LeakProbe(Probe):
         """The test is over: drop what only the check needed (the manager keeps probes
         until the session ends), and let the tasks the probe closed be collected."""
         self._origins = {}
+        self._bursts.clear()
         self._owner_cache.clear()
         self._last_parent[0] = _dead_ref
         self._loops.clear()
@@ -641,7 +651,6 @@ class LeakProbe(Probe):
         freed when create_task returns).
         """
         origins = self._origins
-        owner_cache = self._owner_cache
         phase = self._phase
         callback_owner = self._owner_ids.get(_CALLBACK_OWNERS.get(phase))  # type: ignore[arg-type]
         if callback_owner is None:
@@ -672,8 +681,15 @@ class LeakProbe(Probe):
 
         def task_factory(loop: Any, coro: Any, **kwargs: Any) -> Any:
             nonlocal last_entry, last_walk, prune_at, last_burst_site
-            if make_task is not None and not kwargs:
-                task = make_task(coro, loop=loop)
+            if make_task is not None and not ("eager_start" in kwargs and kwargs["eager_start"]):
+                # (uvloop passes context=None to every factory call)
+                task = make_task(coro, loop=loop, **kwargs) if kwargs else make_task(coro, loop=loop)
+                made = burst[2]
+                if made is not None and burst[3] is loop:
+                    # A large gather of the current task: its wrapper records the lot
+                    # once gather returns (no task can start eagerly on this path).
+                    made.append(task)
+                    return task
             else:
                 saved = starting[0], starting[1]
                 starting[0], starting[1] = coro, _current_task(loop)
@@ -690,23 +706,7 @@ class LeakProbe(Probe):
                 elif last[0]() is parent:
                     owner = last[1]
                 else:
-                    entry = origins.get(id(parent))
-                    if (
-                        entry is not None
-                        and entry[0] != _RUNNER_INDEX  # runner tasks run many things
-                        and entry[2] is getattr(parent.get_coro(), "cr_code", None)
-                    ):
-                        owner = entry[0]  # a task of ours: its children are its owner's
-                    else:
-                        cached = owner_cache.get(id(parent))
-                        if cached is not None and cached[0]() is parent:
-                            owner = cached[1]
-                        elif starting[1] is not None and parent.get_coro() is starting[0]:
-                            # made during the eager first step of a task that is still
-                            # being made (not recorded yet): its owner is its creator's
-                            owner = probe._owner_of_parent(starting[1], _getframe(1))
-                        else:
-                            owner = probe._owner_of_parent(parent, _getframe(1))
+                    owner = probe._owner_of_creator(parent, _getframe(1), starting)
                     last[0], last[1] = _ref(parent), owner
                 try:
                     code = coro.cr_code
@@ -810,6 +810,24 @@ class LeakProbe(Probe):
             self._owner_list.append(owner)
         return index
 
+    def _owner_of_creator(self, parent: Any, frame: Any, starting: list[Any] | None = None) -> int:
+        """Owner of a task the task *parent* is creating (*frame*: the creating call)."""
+        entry = self._origins.get(id(parent))
+        if (
+            entry is not None
+            and entry[0] != _RUNNER_INDEX  # runner tasks run many things
+            and entry[2] is getattr(parent.get_coro(), "cr_code", None)
+        ):
+            return entry[0]  # a task of ours: its children are its owner's
+        cached = self._owner_cache.get(id(parent))
+        if cached is not None and cached[0]() is parent:
+            return cached[1]
+        if starting is not None and starting[1] is not None and parent.get_coro() is starting[0]:
+            # made during the eager first step of a task that is still being made (not
+            # recorded yet): its owner is its creator's
+            return self._owner_of_parent(starting[1], frame)
+        return self._owner_of_parent(parent, frame)
+
     def _owner_of_parent(self, parent: Any, frame: Any) -> int:
         """Owner of the tasks *parent* creates during this loop run (cached per parent)."""
         entry = self._entry(parent)
@@ -845,7 +863,12 @@ class LeakProbe(Probe):
         """
         entry = self._origins.get(id(task))
         if entry is None:
-            return None
+            if not self._bursts:
+                return None
+            self._record_bursts()
+            entry = self._origins.get(id(task))
+            if entry is None:
+                return None
         code = getattr(task.get_coro(), "cr_code", None)
         return entry if entry[2] is code else None
 
@@ -1030,13 +1053,24 @@ class LeakProbe(Probe):
             self._runner_patches.append((module, original, patch))
 
     def _patch_gather(self) -> None:
-        """Put a wrapper on ``asyncio.gather`` for the phase (full mode only).
+        """Put a wrapper on ``asyncio.gather`` for the phase.
 
-        gather() makes one task per coroutine it is given, all from the same line: the
-        wrapper finds that line once per call, and the task factory uses it for the
-        tasks the caller's task makes until gather returns, instead of looking at the
-        stack once per task. Code that imported gather by name calls the original,
-        and its tasks are looked at one by one, with the same result.
+        gather() makes one task per awaitable it is given, all from the same line and the
+        same parent task, with nothing in between that could run other code. The
+        wrapper finds what the tasks share once per call instead of once per task:
+
+        * in full mode, the creation site: the factory gives it to every task the
+          caller's task makes until gather returns, instead of looking at the stack;
+        * for a large gather (``_BURST_MIN`` awaitables or more, either mode), the whole
+          record: the factory only collects the new tasks in a list, and the wrapper
+          keeps that list with gather's future until the future is done. By then every
+          task is done too (nothing to record), unless gather failed fast or was
+          cancelled: then the ones still running are recorded one by one. Anything that
+          needs a record before that (the leak check, an exception handler, a task made
+          by one of them) records all pending gathers first (``_record_bursts``).
+
+        Code that imported gather by name calls the original, and its tasks are recorded
+        one by one, with the same result.
         """
         original = getattr(asyncio, "gather", None)
         if not callable(original) or getattr(asyncio.tasks, "gather", None) is not original:
@@ -1051,19 +1085,24 @@ class LeakProbe(Probe):
         for module, original, wrapper in patches:
             if getattr(module, "gather", None) is wrapper:
                 module.gather = original
-        self._burst[0], self._burst[1] = _NO_BURST, None
+        self._burst[:] = [_NO_BURST, None, None, None]
 
     def _make_gather(self, original: Callable[..., Any]) -> Callable[..., Any]:
         burst = self._burst
         thread = self._thread
+        record_sites = self.record_sites
+        probe = self
 
         def gather(*coros_or_futures: Any, **kwargs: Any) -> Any:
             if _get_ident() != thread:
                 return original(*coros_or_futures, **kwargs)
             loop = _get_running_loop()
             parent = _current_task(loop) if loop is not None else None
+            if parent is None:
+                return original(*coros_or_futures, **kwargs)
+            large = len(coros_or_futures) >= _BURST_MIN and loop in probe._loop_patches
             site = None
-            if parent is not None:
+            if record_sites:
                 try:  # the innermost frame of user code, as the task factory finds it
                     frame = _user_frame(_getframe(1))[0]
                     if frame is not None:
@@ -1074,17 +1113,80 @@ class LeakProbe(Probe):
                     del frame
                 except Exception:  # noqa: BLE001 - the factory looks at each task instead
                     site = None
-            if site is None:
+                if site is None:
+                    return original(*coros_or_futures, **kwargs)
+            elif not large:
                 return original(*coros_or_futures, **kwargs)
-            saved = burst[0], burst[1]
-            burst[0], burst[1] = parent, site
+            made: list[Any] | None = [] if large else None
+            saved = burst[0], burst[1], burst[2], burst[3]
+            burst[0], burst[1], burst[2], burst[3] = parent, site, made, loop
+            outer = None
             try:
-                return original(*coros_or_futures, **kwargs)
+                outer = original(*coros_or_futures, **kwargs)
+                return outer
             finally:
-                burst[0], burst[1] = saved
+                burst[0], burst[1], burst[2], burst[3] = saved
+                if made:
+                    probe._add_burst(outer, parent, site, made, _getframe(1))
 
         functools.update_wrapper(gather, original)
         return gather
+
+    def _add_burst(self, outer: Any, parent: Any, site: Any, made: list[Any], frame: Any) -> None:
+        """Keep the tasks a large gather made (*outer*: its future, None if it raised)."""
+        try:
+            last = self._last_parent
+            if last[0]() is parent:
+                owner = last[1]
+            else:
+                owner = self._owner_of_creator(parent, frame)
+                last[0], last[1] = _ref(parent), owner
+            record = (outer, owner, self._phase, site, made)
+            if outer is None or not isinstance(outer, asyncio.Future):
+                self._record_burst(record)
+                return
+            self._bursts[id(outer)] = record
+            outer.add_done_callback(self._burst_done)
+        except Exception:  # noqa: BLE001 - reported at phase end; gather's result stands
+            self._note_error()
+
+    def _burst_done(self, outer: Any) -> None:
+        """Done callback of a large gather's future (removed again by _record_bursts)."""
+        try:
+            record = self._bursts.pop(id(outer), None)
+            if record is not None and (outer.cancelled() or getattr(outer, "_exception", True) is not None):
+                self._record_burst(record)  # failed fast or cancelled: some may still run
+        except Exception:  # noqa: BLE001 - reported at phase end
+            self._note_error()
+
+    def _record_bursts(self) -> None:
+        """Record the tasks of every large gather still in progress."""
+        bursts, self._bursts = self._bursts, {}
+        for record in bursts.values():
+            try:
+                record[0].remove_done_callback(self._burst_done)
+                self._record_burst(record)
+            except Exception:  # noqa: BLE001 - reported at phase end; the rest still recorded
+                self._note_error()
+
+    def _record_burst(self, record: tuple[Any, int, str, Any, list[Any]]) -> None:
+        """The entries the task factory would have made, for the tasks still pending."""
+        _, owner, phase, site, made = record
+        origins = self._origins
+        entry: tuple[Any, ...] = (None, None, _NO_BURST)
+        for task in made:
+            if task.done():
+                continue
+            coro = task.get_coro()
+            try:
+                code = coro.cr_code
+            except AttributeError:  # not a native coroutine
+                code = getattr(coro, "gi_code", None)
+            if code is not entry[2]:
+                entry = (owner, phase, code) if site is None else (owner, phase, code, *site)
+            origins[id(task)] = entry
+        if len(origins) > self._prune_at:
+            self._prune()
 
     def _unpatch_runners(self) -> None:
         patches, self._runner_patches = self._runner_patches, []
