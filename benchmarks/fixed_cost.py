@@ -69,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--faulthandler-timeout", type=float, default=0.0, metavar="SECONDS",
                     help="set pytest's faulthandler_timeout ini in BOTH configurations (0: unset, the default)")
     ns = ap.parse_args(argv)
+    print(f"plugin modules compiled to bytecode (as an installed plugin is): {c.precompile_plugin()}")
 
     budget, used, skipped = c.budget_args(extra=ns.budget_opt)
     common = ["-o", f"faulthandler_timeout={ns.faulthandler_timeout:g}"] if ns.faulthandler_timeout > 0 else []

@@ -362,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--profile", action="store_true", help="cProfile one plugin session per loop and exit")
     ap.add_argument("--keep", action="store_true", help="keep the generated suite and print where it is")
     ns = ap.parse_args(argv)
+    print(f"plugin modules compiled to bytecode (as an installed plugin is): {c.precompile_plugin()}")
 
     loops = [x.strip() for x in ns.loops.split(",") if x.strip()]
     budget, used, skipped = c.budget_args(extra=ns.budget_opt)

@@ -174,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pytest-arg", action="append", default=[], metavar="ARG",
                     help="extra pytest argument, e.g. --pytest-arg=-ofaulthandler_timeout=3600 (repeatable)")
     ns = ap.parse_args(argv)
+    print(f"plugin modules compiled to bytecode (as an installed plugin is): {c.precompile_plugin()}")
 
     loops = [x.strip() for x in ns.loops.split(",") if x.strip()]
     blocks = [int(x) for x in ns.blocks.split(",")]
