@@ -9,6 +9,7 @@ the pytest hooks. Per-test state lives in ``item.stash``. Measuring is done by p
 from __future__ import annotations
 
 import inspect
+import traceback
 from collections.abc import Generator
 from typing import Any
 
@@ -62,7 +63,9 @@ class Manager:
         self.core = LoopCore(self.errors)
         self.sampler = StackSampler()
         self.defaults = budgets.defaults(config)
-        self.records: list[TestRecord] = []
+        #: Budget name -> its module's summary digest of each finished test (see
+        #: budgets.base); records themselves are not kept past their test.
+        self.digests: dict[str, list[Any]] = {}
         #: anyio backends other than asyncio -> how many collected tests run on them.
         self.other_backends: dict[str, int] = {}
         # Summary, report and CI gating (issue 7): options checked now, at startup.
@@ -188,9 +191,22 @@ class Manager:
         elif report.skipped and report.when != "teardown":
             record.outcome = "skipped"
         if report.when == "teardown":
-            self.records.append(record)
-            self.results.test_finished(item, report, record)  # JUnit properties, xdist transfer
+            self._keep_digests(record)
+            self.results.test_finished(item, report, record)  # the entry; JUnit properties, xdist
         return report
+
+    def _keep_digests(self, record: TestRecord) -> None:
+        for module in budgets.MODULES:
+            digest_of = getattr(module, "summary_digest", None)
+            if digest_of is None:
+                continue
+            try:
+                digest = digest_of(record)
+            except Exception:  # noqa: BLE001 - shown with the other plugin errors
+                self.errors.record(f"{module.NAME}.summary_digest", traceback.format_exc())
+                continue
+            if digest is not None:
+                self.digests.setdefault(module.NAME, []).append(digest)
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_report_teststatus(self, report: pytest.TestReport) -> tuple[str, str, str] | None:

@@ -199,3 +199,43 @@ def test_isinstance_of_a_lock_still_works_while_patched(suite):
         """
     )
     suite.run().assert_outcomes(passed=1)
+
+
+def test_finished_tests_leave_no_records_for_the_garbage_collector(suite, tmp_path):
+    """What the summary and report need of a finished test is kept as text and tuples, not
+    as records: thousands of records would slow every garbage collection down."""
+    report = tmp_path / "report.json"
+    suite.conftest(
+        """
+        import gc, pytest
+        from pytest_asyncbudget import budgets, record
+        from pytest_asyncbudget.budgets.base import Verdict
+
+        @pytest.hookimpl(trylast=True)
+        def pytest_sessionfinish(session):
+            gc.collect()
+            kinds = (record.TestRecord, record.TestState, Verdict)
+            alive = sum(isinstance(o, kinds) for o in gc.get_objects())
+            manager = session.config.pluginmanager.get_plugin("asyncbudget-manager")
+            entries = manager.results._entries
+            tracked = sum(gc.is_tracked(d) for ds in manager.digests.values() for d in ds)
+            print(f"\\nALIVE {alive} ENTRIES {len(entries)} TEXT {all(isinstance(e, str) for e in entries.values())} "
+                  f"DIGESTS {sum(map(len, manager.digests.values()))} TRACKED {tracked}")
+        """
+    )
+    suite.write(
+        source="""
+        import asyncio, pytest
+
+        @pytest.mark.asyncio
+        @pytest.mark.parametrize("i", range(20))
+        async def test_many(i):
+            await asyncio.sleep(0)
+        """
+    )
+    result = suite.run("-s", "--asyncbudget-max-loop-lag=10s", "--asyncbudget-no-blocking", f"--asyncbudget-report={report}")
+    result.assert_outcomes(passed=20)
+    result.stdout.fnmatch_lines(["ALIVE 0 ENTRIES 20 TEXT True DIGESTS 40 TRACKED 0"])
+    data = json.loads(report.read_text())
+    assert len(data["tests"]) == 20
+    assert all(t["budgets"]["max_loop_lag"]["verdict"] == "passed" for t in data["tests"])

@@ -8,7 +8,12 @@ A budget module (``budgets/<name>.py``) is the judgment half of one budget:
   when the test opts out;
 * ``add_options(group, parser)`` and ``default(config)`` - the ini/CLI default;
 * ``make_probe(budget, context)`` - the probe that measures it (``probes/<name>.py``);
-* ``judge(budget, measurement) -> Verdict`` - the verdict for one phase.
+* ``judge(budget, measurement) -> Verdict`` - the verdict for one phase;
+* optionally ``summary_digest(record)`` and ``summary_lines(config, digests)`` - lines
+  of its own for the terminal summary. The digest is taken when the test ends (the
+  test's record is not kept: thousands of records would slow every garbage collection
+  of the session down) and holds only atomic values and tuples; ``summary_lines`` gets
+  the digests of this process's tests, in order, leaving out None.
 
 Verdicts hold data and short, plain sentences; laying them out (failure text, summary,
 report) is :mod:`pytest_asyncbudget.present`'s job.

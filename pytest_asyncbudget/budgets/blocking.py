@@ -52,6 +52,7 @@ __all__ = [
     "make_probe",
     "marker",
     "parse_allow",
+    "summary_digest",
     "summary_lines",
 ]
 
@@ -302,7 +303,21 @@ def judge(budget: BlockingBudget | None, m: BlockingMeasurement) -> Verdict:
 
 
 # -- summary -----------------------------------------------------------------------------
-def summary_lines(config: pytest.Config, records: Iterable[TestRecord]) -> list[str]:
+def summary_digest(record: TestRecord) -> tuple[Any, ...] | None:
+    """What :func:`summary_lines` needs of one finished test (atomic values and tuples
+    only, which the garbage collector stops tracking), or None when it adds nothing."""
+    per_phase = record.measurements.get(NAME)
+    if not per_phase or record.outcome == "skipped":
+        return None
+    used: set[str] = set()
+    for measurement in per_phase.values():
+        used.update(measurement.allowed)
+    teardown = per_phase.get("teardown")
+    unused = teardown.unused_allow if teardown is not None else None
+    return (record.nodeid, tuple(sorted(used)), tuple(unused or ()))
+
+
+def summary_lines(config: pytest.Config, digests: Iterable[tuple[Any, ...]]) -> list[str]:
     """Terminal-summary lines naming allowlist entries that never matched.
 
     Marker entries are reported per test; ini entries only when no test used them.
@@ -313,19 +328,11 @@ def summary_lines(config: pytest.Config, records: Iterable[TestRecord]) -> list[
     ini_entries = ini_allow(config)
     ini_used: set[str] = set()
     measured_tests = 0
-    for record in records:
-        per_phase = record.measurements.get(NAME)
-        if not per_phase or record.outcome == "skipped":
-            continue
+    for nodeid, used, unused in digests:
         measured_tests += 1
-        used: set[str] = set()
-        for measurement in per_phase.values():
-            used.update(measurement.allowed)
-        ini_used |= used
-        teardown = per_phase.get("teardown")
-        unused = teardown.unused_allow if teardown is not None else None
+        ini_used.update(used)
         if unused:
-            lines.append(f"  {record.nodeid}: {', '.join(map(repr, unused))} (marker)")
+            lines.append(f"  {nodeid}: {', '.join(map(repr, unused))} (marker)")
     unused_ini = [e.text for e in ini_entries if e.text not in ini_used]
     if measured_tests and unused_ini:
         lines.insert(0, f"  {', '.join(map(repr, unused_ini))} ({INI_ALLOW}, in {measured_tests} tests)")

@@ -154,19 +154,25 @@ def _finding(budget: RssBudget, m: RssMeasurement) -> Finding:
 
 
 # -- summary -----------------------------------------------------------------------------
-def summary_lines(config: pytest.Config, records: Iterable[TestRecord]) -> list[str]:
+def summary_digest(record: TestRecord) -> tuple[bool, str] | None:
+    """What :func:`summary_lines` needs of one finished test: (exact, method) of its last
+    peak, or None when it was not measured."""
+    per_phase = record.measurements.get(NAME)
+    if not per_phase:
+        return None
+    last = list(per_phase.values())[-1]
+    return (bool(last.exact), str(last.method))
+
+
+def summary_lines(config: pytest.Config, digests: Iterable[tuple[bool, str]]) -> list[str]:
     """One line when some peaks are only lower bounds (no resettable high-water mark here)."""
     measured = inexact = 0
     method = ""
-    for record in records:
-        per_phase = record.measurements.get(NAME)
-        if not per_phase:
-            continue
+    for exact, last_method in digests:
         measured += 1
-        last = list(per_phase.values())[-1]
-        if not last.exact:
+        if not exact:
             inexact += 1
-            method = last.method
+            method = last_method
     if not inexact:
         return []
     return [f"max_rss: {inexact} of {measured} peaks are lower bounds ({method}); a shorter spike can be missed"]

@@ -347,10 +347,10 @@ def _width(tr: Any) -> int:
 
 
 def _module_lines(config: pytest.Config, manager: Manager) -> list[str]:
-    """Lines a budget module adds itself: its optional ``summary_lines(config, records)``.
+    """Lines a budget module adds itself: its optional ``summary_lines(config, digests)``.
 
-    They read this process's records, so under xdist (where the records stay on the
-    workers) they are empty.
+    They read the digests of this process's tests, so under xdist (where the tests run
+    on the workers) they are empty.
     """
     from .. import budgets
 
@@ -360,7 +360,7 @@ def _module_lines(config: pytest.Config, manager: Manager) -> list[str]:
         if extra is None:
             continue
         try:
-            lines = list(extra(config, manager.records))
+            lines = list(extra(config, manager.digests.get(module.NAME, [])))
         except Exception:  # noqa: BLE001 - shown once with the other plugin errors
             import traceback
 
