@@ -184,6 +184,17 @@ def test_large_gathers_are_recorded_as_a_whole_with_the_same_answers(suite):
             await asyncio.gather(*(spawner() for _ in range(8)))
 
         @pytest.mark.asyncio
+        async def test_raised_half_way():
+            with pytest.raises(TypeError):
+                asyncio.gather(*(forever() for _ in range(8)), 42)
+
+        @pytest.mark.asyncio
+        async def test_mixed_with_a_task():
+            early = asyncio.create_task(forever(), name="early")
+            asyncio.gather(early, *(forever() for _ in range(8)))
+            await asyncio.sleep(0)
+
+        @pytest.mark.asyncio
         async def test_cancelled_is_clean():
             outer = asyncio.gather(*(forever() for _ in range(9)))
             await asyncio.sleep(0)
@@ -193,7 +204,7 @@ def test_large_gathers_are_recorded_as_a_whole_with_the_same_answers(suite):
         """
     )
     result = suite.run("-p", "no:randomly")
-    result.assert_outcomes(failed=3, passed=1)
+    result.assert_outcomes(failed=5, passed=1)
     result.stdout.fnmatch_lines(
         [
             "*_ test_failed_fast _*",
@@ -212,9 +223,21 @@ def test_large_gathers_are_recorded_as_a_whole_with_the_same_answers(suite):
             "    culprit: test_suite.py:10 in spawner",
             "        asyncio.create_task(forever(), name=\"grandchild\")",
             "    created by the test body (culprit line)",
+            "*_ test_raised_half_way _*",
+            "no_leaked_tasks failed: 8 tasks leaked",
+            "    culprit: test_suite.py:30 in test_raised_half_way",
+            "        asyncio.gather(*(forever() for _ in range(8)), 42)",
+            "*_ test_mixed_with_a_task _*",
+            "no_leaked_tasks failed: 9 tasks leaked",
         ]
     )
-    assert "internal error" not in result.stdout.str()
+    out = result.stdout.str()
+    mixed = out.split("_ test_mixed_with_a_task _", 1)[1].split("short test summary", 1)[0]
+    early = mixed.split("task 'early'", 1)[1].split("  task '", 1)[0]
+    assert "culprit: test_suite.py:34 in test_mixed_with_a_task" in early
+    assert "asyncio.create_task(forever(), name=\"early\")" in early
+    assert mixed.count("culprit: test_suite.py:35 in test_mixed_with_a_task") == 8
+    assert "internal error" not in out
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="asyncio.eager_task_factory is 3.12+")

@@ -25,10 +25,14 @@ exception handler set during the test is never clobbered.
 * **gather()** - ``asyncio.gather`` is wrapped for the phase (``_patch_gather``). With a
   budget it finds its caller's line once per call, and the factory gives that site to
   every task the caller's task makes until gather returns, instead of looking at the
-  stack once per task. A large gather (8 awaitables or more) is recorded as a whole: the
-  factory only collects its tasks in a list, kept with gather's future until the future
-  is done; only tasks still pending then (gather failed fast or was cancelled), or when
-  a record is needed earlier, get an entry each. See benchmarks/README.md for the cost.
+  stack once per task. A large gather (8 awaitables or more) is recorded as a whole: its
+  tasks are kept in a list with gather's future until the future is done; only tasks
+  still pending then (gather failed fast or was cancelled), or when a record is needed
+  earlier, get an entry each. When the probe's factory is the loop's only one and gather
+  is the standard library's, the factory is even taken off the loop while gather runs
+  (no code but gather's own runs then), so the tasks are made at the loop's own speed,
+  and are read from gather's future (``_children``, one per awaitable, in order). See
+  benchmarks/README.md for the cost.
 * **Exceptions never retrieved, tasks destroyed while pending** - asyncio reports both
   from ``Task.__del__`` through ``loop.call_exception_handler``. An exception handler is
   put on each loop for the phase; it notes the contexts that concern tasks of this test and
@@ -123,6 +127,16 @@ if isinstance(asyncio.current_task, types.BuiltinFunctionType) or not isinstance
 else:
     _current_task = _current_tasks.get
 _Task = asyncio.tasks.Task
+#: The standard library's gather, and whether its future keeps the children it made in
+#: order (``_GatheringFuture._children``, 3.7 on): then a large gather's tasks can be made
+#: with no task factory at all and read from there (see _make_gather).
+_STDLIB_GATHER = asyncio.tasks.gather
+def _gather_keeps_children() -> bool:
+    init = getattr(getattr(asyncio.tasks, "_GatheringFuture", None), "__init__", None)
+    return "_children" in getattr(getattr(init, "__code__", None), "co_names", ())
+
+
+_GATHER_KEEPS_CHILDREN = _gather_keeps_children()
 _ref = weakref.ref
 _all_tasks = asyncio.all_tasks
 
@@ -450,6 +464,19 @@ def _create_task_calling(factory: Callable[..., Any], loop: Any, previous: Any) 
         return task
 
     return create_task
+
+
+def _made_by(outer: Any, awaitables: tuple[Any, ...], loop: Any) -> list[Any]:
+    """The tasks the standard gather made for *awaitables* (returning *outer*).
+
+    gather's future keeps one child per awaitable, in order: the awaitable itself when it
+    was a future already, else the task made for it. Without that (it raised half-way),
+    the loop's pending tasks running one of the coroutines given."""
+    children = getattr(outer, "_children", None)
+    if type(children) is list and len(children) == len(awaitables):
+        return [child for child, given in zip(children, awaitables) if child is not given]
+    given_ids = {id(a) for a in awaitables}
+    return [t for t in _all_tasks(loop) if id(t.get_coro()) in given_ids]
 
 
 def _user_frame(frame: Any) -> tuple[Any, int]:
@@ -1062,8 +1089,10 @@ class LeakProbe(Probe):
         * in full mode, the creation site: the factory gives it to every task the
           caller's task makes until gather returns, instead of looking at the stack;
         * for a large gather (``_BURST_MIN`` awaitables or more, either mode), the whole
-          record: the factory only collects the new tasks in a list, and the wrapper
-          keeps that list with gather's future until the future is done. By then every
+          record: the factory only collects the new tasks in a list (or, when it is the
+          loop's only factory, is taken off the loop while the standard gather runs, and
+          the new tasks are read from gather's future), and the wrapper keeps that list
+          with gather's future until the future is done. By then every
           task is done too (nothing to record), unless gather failed fast or was
           cancelled: then the ones still running are recorded one by one. Anything that
           needs a record before that (the leak check, an exception handler, a task made
@@ -1118,12 +1147,32 @@ class LeakProbe(Probe):
             elif not large:
                 return original(*coros_or_futures, **kwargs)
             made: list[Any] | None = [] if large else None
+            # Our factory alone on this loop (nothing chained, so no task can start
+            # eagerly) and the standard gather: make the tasks with no factory at all,
+            # at the loop's own speed, and take them from gather's future.
+            hook = None
+            if large and original is _STDLIB_GATHER and _GATHER_KEEPS_CHILDREN:
+                patch = probe._loop_patches.get(loop)
+                if patch is not None and patch[0] is None and loop.get_task_factory() is patch[1]:
+                    hook = patch[1]
             saved = burst[0], burst[1], burst[2], burst[3]
             burst[0], burst[1], burst[2], burst[3] = parent, site, made, loop
             outer = None
             try:
-                outer = original(*coros_or_futures, **kwargs)
+                if hook is None:
+                    outer = original(*coros_or_futures, **kwargs)
+                    return outer
+                loop.set_task_factory(None)
+                try:
+                    outer = original(*coros_or_futures, **kwargs)
+                finally:
+                    loop.set_task_factory(hook)
+                made.extend(_made_by(outer, coros_or_futures, loop))  # type: ignore[union-attr]
                 return outer
+            except BaseException:
+                if hook is not None and outer is None:  # failed half-way: what it made is loose
+                    made.extend(_made_by(None, coros_or_futures, loop))  # type: ignore[union-attr]
+                raise
             finally:
                 burst[0], burst[1], burst[2], burst[3] = saved
                 if made:
