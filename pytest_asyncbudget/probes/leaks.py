@@ -1167,11 +1167,11 @@ class LeakProbe(Probe):
                     outer = original(*coros_or_futures, **kwargs)
                 finally:
                     loop.set_task_factory(hook)
-                made.extend(_made_by(outer, coros_or_futures, loop))  # type: ignore[union-attr]
+                probe._take_made(made, outer, coros_or_futures, loop)  # type: ignore[arg-type]
                 return outer
             except BaseException:
                 if hook is not None and outer is None:  # failed half-way: what it made is loose
-                    made.extend(_made_by(None, coros_or_futures, loop))  # type: ignore[union-attr]
+                    probe._take_made(made, None, coros_or_futures, loop)  # type: ignore[arg-type]
                 raise
             finally:
                 burst[0], burst[1], burst[2], burst[3] = saved
@@ -1180,6 +1180,13 @@ class LeakProbe(Probe):
 
         functools.update_wrapper(gather, original)
         return gather
+
+    def _take_made(self, made: list[Any], outer: Any, awaitables: tuple[Any, ...], loop: Any) -> None:
+        """Add the tasks gather made (see _made_by) to *made*; never raises into gather."""
+        try:
+            made.extend(_made_by(outer, awaitables, loop))
+        except Exception:  # noqa: BLE001 - reported at phase end; gather's result stands
+            self._note_error()
 
     def _add_burst(self, outer: Any, parent: Any, site: Any, made: list[Any], frame: Any) -> None:
         """Keep the tasks a large gather made (*outer*: its future, None if it raised)."""
