@@ -195,6 +195,10 @@ def test_large_gathers_are_recorded_as_a_whole_with_the_same_answers(suite):
             await asyncio.sleep(0)
 
         @pytest.mark.asyncio
+        async def test_awaited_is_clean():
+            assert await asyncio.gather(*(asyncio.sleep(0, i) for i in range(9))) == list(range(9))
+
+        @pytest.mark.asyncio
         async def test_cancelled_is_clean():
             outer = asyncio.gather(*(forever() for _ in range(9)))
             await asyncio.sleep(0)
@@ -204,7 +208,7 @@ def test_large_gathers_are_recorded_as_a_whole_with_the_same_answers(suite):
         """
     )
     result = suite.run("-p", "no:randomly")
-    result.assert_outcomes(failed=5, passed=1)
+    result.assert_outcomes(failed=5, passed=2)
     result.stdout.fnmatch_lines(
         [
             "*_ test_failed_fast _*",

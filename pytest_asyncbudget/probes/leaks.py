@@ -539,7 +539,7 @@ class LeakProbe(Probe):
         self._warn_patch: Any = None
         self._warn_original: Any = None
         self._runner_patches: list[tuple[Any, Any, Any]] = []
-        #: (module, original, wrapper) of asyncio.gather, in full mode (see _patch_gather).
+        #: (module, original, wrapper) of asyncio.gather, for the phase (see _patch_gather).
         self._gather_patches: list[tuple[Any, Any, Any]] = []
         #: [parent task, creation site, list of the tasks made, loop] while a gather() of
         #: the test's thread makes its tasks, else [_NO_BURST, None, None, None]; shared by
@@ -1129,7 +1129,8 @@ class LeakProbe(Probe):
             parent = _current_task(loop) if loop is not None else None
             if parent is None:
                 return original(*coros_or_futures, **kwargs)
-            large = len(coros_or_futures) >= _BURST_MIN and loop in probe._loop_patches
+            patch = probe._loop_patches.get(loop)  # (previous factory, our hook, ...) if ours
+            large = patch is not None and len(coros_or_futures) >= _BURST_MIN
             site = None
             if record_sites:
                 try:  # the innermost frame of user code, as the task factory finds it
@@ -1152,9 +1153,8 @@ class LeakProbe(Probe):
             # at the loop's own speed, and take them from gather's future.
             hook = None
             if large and original is _STDLIB_GATHER and _GATHER_KEEPS_CHILDREN:
-                patch = probe._loop_patches.get(loop)
-                if patch is not None and patch[0] is None and loop.get_task_factory() is patch[1]:
-                    hook = patch[1]
+                if patch[0] is None and loop.get_task_factory() is patch[1]:  # type: ignore[index]
+                    hook = patch[1]  # type: ignore[index]
             saved = burst[0], burst[1], burst[2], burst[3]
             burst[0], burst[1], burst[2], burst[3] = parent, site, made, loop
             outer = None
