@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -106,6 +107,32 @@ class LagMeasurement:
     precision: str  # "exact" (selector) or "heartbeat"
 
 
+#: The compiled SelectTimer, once checked (False: not built, switched off, or its clock
+#: is not perf_counter's).
+_TIMER: Any = None
+
+
+def _compiled_timer() -> Any:
+    """``_speedups.SelectTimer`` when it is built and usable here, else None.
+
+    It is used only when its clock agrees with ``time.perf_counter`` (stretch starts are
+    compared with the sampler's clock), and never with ``ASYNCBUDGET_PURE_PYTHON`` set.
+    """
+    global _TIMER
+    if _TIMER is None:
+        _TIMER = False
+        if not os.environ.get("ASYNCBUDGET_PURE_PYTHON"):
+            try:
+                from .._speedups import SelectTimer, clock
+            except ImportError:
+                pass
+            else:
+                before, reading, after = _clock(), clock(), _clock()
+                if before - 1e-4 <= reading <= after + 1e-4:
+                    _TIMER = SelectTimer
+    return _TIMER or None
+
+
 class _SelectorTicks:
     """Stretches of a selector loop, timed exactly around ``selector.select``."""
 
@@ -115,6 +142,21 @@ class _SelectorTicks:
         self._selector = selector = loop._selector
         ready_queue = loop._ready
         original = selector.select
+        timer = _compiled_timer()
+        if timer is not None:  # the compiled twin of the closure below (_speedups.c)
+            wrapper = timer(original, ready_queue, on_blocked, floor)
+            self._state = wrapper.state
+            self._stop = wrapper.stop
+            self._wrapper = wrapper
+            selector.select = wrapper  # undone in detach()
+            self._on_blocked = on_blocked
+            self._floor = floor
+            return
+        self._python_wrapper(selector, ready_queue, original, floor, on_blocked)
+
+    def _python_wrapper(
+        self, selector: Any, ready_queue: deque[Any], original: Callable[..., Any], floor: float, on_blocked: OnBlocked
+    ) -> None:
         # The wrapper's state lives in closure cells, the cheapest variables Python has:
         # this runs once per loop iteration.
         # When the loop last left its I/O wait (the current stretch began), or None while

@@ -1,0 +1,236 @@
+"""The compiled ``select`` wrapper (``_speedups.SelectTimer``) against its Python twin.
+
+The lag probe on stock asyncio wraps ``selector.select``. Where the optional C extension
+is built, that wrapper is ``_speedups.SelectTimer``; elsewhere, and with
+``ASYNCBUDGET_PURE_PYTHON=1``, it is the closure in ``probes/lag.py``. The closure is the
+reference: both must make the same calls, return the same things, raise the same errors
+and report the same stretches.
+"""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections import deque
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pytest_asyncbudget.probes import lag
+
+try:
+    from pytest_asyncbudget import _speedups
+except ImportError:  # no C compiler where the package was installed
+    _speedups = None  # type: ignore[assignment]
+
+needs_speedups = pytest.mark.skipif(_speedups is None, reason="the C extension is not built here")
+
+
+class _Boom(Exception):
+    pass
+
+
+class FakeSelector:
+    """Records every select() call; raises when told to."""
+
+    def __init__(self) -> None:
+        self.calls: list[Any] = []
+        self.fail_next = False
+
+    def select(self, timeout: Any = None) -> Any:
+        self.calls.append(timeout)
+        if self.fail_next:
+            self.fail_next = False
+            raise _Boom("select failed")
+        return [("event", len(self.calls))]
+
+
+def _run(implementation: Any, floor: float, ops: list[tuple[str, Any]], monkeypatch: pytest.MonkeyPatch) -> dict:
+    """Drive one wrapper through *ops*; everything observable, in order."""
+    monkeypatch.setattr(lag, "_TIMER", implementation)
+    selector = FakeSelector()
+    loop = SimpleNamespace(_selector=selector, _ready=deque())
+    blocked: list[Any] = []
+    raise_in_blocked = [False]
+
+    def on_blocked(duration: float, start: float, ready: int | None) -> None:
+        assert duration >= 0.0
+        blocked.append(ready)
+        if raise_in_blocked[0]:
+            raise_in_blocked[0] = False
+            raise _Boom("on_blocked failed")
+
+    ticks = lag._SelectorTicks(loop, floor, on_blocked)
+    wrapper = selector.__dict__["select"]
+    trace: list[Any] = []
+    for op, arg in ops:
+        if op == "queue":
+            loop._ready.extend(range(arg))
+            continue
+        if op == "drain":
+            loop._ready.clear()
+            continue
+        if op == "fail":
+            selector.fail_next = True
+            continue
+        if op == "fail_blocked":
+            raise_in_blocked[0] = True
+            continue
+        try:
+            result = wrapper(timeout=arg) if op == "keyword" else wrapper(arg)
+        except _Boom as exc:
+            result = ("raised", str(exc))
+        left, iterations, ready = ticks._state()
+        trace.append((result, left is None, iterations, ready))
+    iterations = ticks.iterations
+    raise_in_blocked[0] = False
+    ticks.detach()
+    return {
+        "trace": trace,
+        "calls": selector.calls,
+        "blocked": blocked,
+        "iterations": iterations,
+        "detached": "select" not in selector.__dict__,
+    }
+
+
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("call"), st.sampled_from([0, 0.0, None, 0.5, 1, -1])),
+        st.tuples(st.just("keyword"), st.sampled_from([0, None, 0.25])),
+        st.tuples(st.just("queue"), st.integers(0, 5)),
+        st.tuples(st.sampled_from(["drain", "fail", "fail_blocked"]), st.none()),
+    ),
+    max_size=40,
+)
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(ops=_OPS, floor=st.sampled_from([0.0, 1e9]))
+def test_compiled_wrapper_matches_the_python_one(ops: list[tuple[str, Any]], floor: float) -> None:
+    with pytest.MonkeyPatch.context() as mp:
+        python = _run(False, floor, ops, mp)
+    with pytest.MonkeyPatch.context() as mp:
+        compiled = _run(_speedups.SelectTimer, floor, ops, mp)
+    assert compiled == python
+    assert python["detached"]
+    if floor == 0.0:  # every stretch is recorded, each with the callbacks queued as it began
+        assert len(python["blocked"]) >= python["iterations"]
+
+
+@needs_speedups
+def test_compiled_wrapper_times_real_stretches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Durations and starts come from perf_counter's clock, to the microsecond."""
+    import time
+
+    monkeypatch.setattr(lag, "_TIMER", _speedups.SelectTimer)
+    selector = FakeSelector()
+    loop = SimpleNamespace(_selector=selector, _ready=deque([1, 2, 3]))
+    seen: list[tuple[float, float, int | None]] = []
+    before = time.perf_counter()
+    ticks = lag._SelectorTicks(loop, 0.005, lambda d, s, r: seen.append((d, s, r)))
+    time.sleep(0.02)
+    selector.select(0)
+    after = time.perf_counter()
+    ticks.detach()
+    assert len(seen) == 1
+    duration, start, ready = seen[0]
+    assert before <= start <= before + 0.002
+    assert 0.02 <= duration <= after - before
+    assert ready == 3
+
+
+@needs_speedups
+def test_compiled_wrapper_is_collected_with_its_probe(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The wrapper, the probe's callback and the selector form a cycle the GC can break."""
+    monkeypatch.setattr(lag, "_TIMER", _speedups.SelectTimer)
+
+    class Owner:
+        def on_blocked(self, *args: Any) -> None:
+            pass
+
+    owner = Owner()
+    selector = FakeSelector()
+    loop = SimpleNamespace(_selector=selector, _ready=deque())
+    owner.ticks = lag._SelectorTicks(loop, 0.001, owner.on_blocked)
+    selector.select(0)
+    gone = weakref.ref(owner)
+    del owner, loop, selector
+    gc.collect()
+    assert gone() is None
+
+
+def test_pure_python_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``ASYNCBUDGET_PURE_PYTHON`` turns the compiled wrapper off."""
+    monkeypatch.setattr(lag, "_TIMER", None)
+    monkeypatch.setenv("ASYNCBUDGET_PURE_PYTHON", "1")
+    assert lag._compiled_timer() is None
+    monkeypatch.setattr(lag, "_TIMER", None)
+    monkeypatch.delenv("ASYNCBUDGET_PURE_PYTHON")
+    expected = None if _speedups is None else _speedups.SelectTimer
+    assert lag._compiled_timer() is expected
+
+
+_E2E = """
+import asyncio, time, pytest
+
+def block():
+    time.sleep(0.2)
+
+@pytest.mark.asyncio
+@pytest.mark.max_loop_lag("50ms")
+async def test_body():
+    loop = asyncio.get_running_loop()
+    print("WRAPPER", type(loop._selector.select).__name__)
+    await asyncio.sleep(0)
+    block()
+
+@pytest.mark.asyncio
+@pytest.mark.max_loop_lag("50ms")
+async def test_burst():
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    left = [200_000]
+    def tick():
+        left[0] -= 1
+        if left[0] == 0:
+            done.set_result(None)
+    await asyncio.sleep(0)
+    for _ in range(200_000):
+        loop.call_soon(tick)
+    await done
+
+@pytest.mark.asyncio
+@pytest.mark.max_loop_lag("50ms")
+async def test_clean():
+    for _ in range(100):
+        await asyncio.sleep(0)
+    await asyncio.sleep(0.01)
+"""
+
+
+@pytest.mark.parametrize("pure", [False, True], ids=["default", "pure-python"])
+def test_both_wrappers_give_the_same_verdicts(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, pure: bool) -> None:
+    if pure:
+        monkeypatch.setenv("ASYNCBUDGET_PURE_PYTHON", "1")
+    else:
+        monkeypatch.delenv("ASYNCBUDGET_PURE_PYTHON", raising=False)
+    pytester.makeini("[pytest]\nasyncio_mode = strict\nasyncio_default_fixture_loop_scope = function\n")
+    pytester.makepyfile(test_suite=_E2E)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s")
+    result.assert_outcomes(failed=2, passed=1)
+    expected = "function" if pure or _speedups is None else "SelectTimer"
+    result.stdout.fnmatch_lines([f"*WRAPPER {expected}"])
+    result.stdout.fnmatch_lines(
+        [
+            "*test_body*",
+            "*max_loop_lag exceeded: loop blocked * ms > budget 50 ms (call)",
+            "*culprit: test_suite.py:4 in block*",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*test_burst*", "*max_loop_lag exceeded: loop blocked * ms > budget 50 ms (call)"])
+    result.stdout.fnmatch_lines(["*a burst of 200,00? callbacks*"])
