@@ -388,6 +388,14 @@ def machine_info() -> dict[str, object]:
         info["plugin_uncommitted"] = [line[3:] for line in dirty if line.strip()]
     except (OSError, subprocess.SubprocessError):
         pass
+    # Whether the lag probe's compiled select wrapper is in use (ASYNCBUDGET_PURE_PYTHON
+    # and a missing C compiler turn it off).
+    try:
+        from pytest_asyncbudget.probes.lag import _compiled_timer
+
+        info["compiled_select_wrapper"] = _compiled_timer() is not None
+    except ImportError:  # pragma: no cover
+        info["compiled_select_wrapper"] = None
     return info
 
 
