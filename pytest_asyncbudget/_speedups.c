@@ -1,14 +1,18 @@
 /*
- * Optional compiled twin of the lag probe's ``selector.select`` wrapper
- * (pytest_asyncbudget/probes/lag.py, ``_SelectorTicks``).
+ * Optional compiled twins of the plugin's two hottest wrappers.
  *
- * The wrapper runs once per iteration of a stock asyncio loop, so its cost is paid on
- * every iteration of every budgeted test. The pure-Python wrapper (a closure) costs about
- * 0.19 us per iteration; this one does the same work without a Python frame. It is built
- * only where a C compiler is at hand (setup.py marks it optional) and used only after
- * lag.py has checked that its clock reads the same as time.perf_counter(). lag.py's
- * closure is the reference: the two must behave the same, call for call
- * (tests/test_speedups.py compares them).
+ * SelectTimer wraps a stock asyncio loop's ``selector.select`` for the lag probe
+ * (pytest_asyncbudget/probes/lag.py, ``_SelectorTicks``): it runs once per loop
+ * iteration of every budgeted test. SocketGuard wraps ``socket.socket.recv``/``send``/...
+ * for no_blocking (pytest_asyncbudget/patches.py, ``_socket_positional_wrapper``): it
+ * runs at every read and write of asyncio's transports. The Python wrappers cost about
+ * 0.20 and 0.13 us per call; these do the same work without a Python frame.
+ *
+ * This file is built only where a C compiler is at hand (setup.py marks it optional).
+ * Each object is the twin of a Python wrapper that stays the reference and the fallback
+ * (ASYNCBUDGET_PURE_PYTHON=1 always uses the Python ones); tests/test_speedups.py checks
+ * that the two behave the same, call for call.
+ *
  *
  * SelectTimer(original, ready_queue, on_blocked, floor)
  *     __call__(timeout=None)   the wrapper: time the stretch that ends now, call
@@ -16,6 +20,8 @@
  *     state() -> (left | None, iterations, ready)
  *     stop()                   from now on a pass-through
  *     clock() (module level)   the clock this module reads, for lag.py's check
+ *
+ * SocketGuard(original, gettimeout, slow)   see below (patches.py's socket wrapper)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -230,6 +236,144 @@ static PyTypeObject SelectTimerType = {
     .tp_methods = SelectTimer_methods,
 };
 
+/* ------------------------------------------------------------------------------------
+ * SocketGuard(original, gettimeout, slow): the no_blocking wrapper for socket methods
+ * that take positional arguments only (recv, send, ...; patches.py,
+ * _socket_positional_wrapper, is its Python twin and the reference).
+ *
+ * A call on a socket whose timeout is 0.0 (non-blocking: every socket of asyncio's
+ * transports) goes straight to the original; so does a call gettimeout() cannot answer
+ * (not a socket: the original raises its own error) and one with keyword arguments or
+ * more than four arguments (the original refuses them). Anything else goes to slow(*args), which decides in Python.
+ * It binds like a function (a method descriptor), so ``sock.recv(n)`` calls it with the
+ * socket first and no bound method is made.
+ */
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *original;
+    PyObject *gettimeout;
+    PyObject *slow;
+    PyObject *dict;
+} SocketGuard;
+
+static PyObject *
+SocketGuard_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    SocketGuard *self = (SocketGuard *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    if (nargs < 1 || nargs > 5 || (kwnames != NULL && PyTuple_GET_SIZE(kwnames) > 0)) {
+        /* the socket and up to four arguments, by position only: anything else is an
+         * argument error the original raises itself */
+        return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    }
+    PyObject *timeout = PyObject_Vectorcall(self->gettimeout, args, 1, NULL);
+    if (timeout == NULL) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+            return NULL;
+        }
+        PyErr_Clear();
+        return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    }
+    int through = PyFloat_CheckExact(timeout) && PyFloat_AS_DOUBLE(timeout) == 0.0;
+    Py_DECREF(timeout);
+    if (through) {
+        return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+    }
+    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+}
+
+static PyObject *
+SocketGuard_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *original, *gettimeout, *slow;
+    static char *kwlist[] = {"original", "gettimeout", "slow", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OOO:SocketGuard", kwlist, &original, &gettimeout, &slow)) {
+        return NULL;
+    }
+    SocketGuard *self = (SocketGuard *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = SocketGuard_vectorcall;
+    Py_INCREF(original);
+    self->original = original;
+    Py_INCREF(gettimeout);
+    self->gettimeout = gettimeout;
+    Py_INCREF(slow);
+    self->slow = slow;
+    self->dict = NULL;
+    return (PyObject *)self;
+}
+
+static int
+SocketGuard_traverse(SocketGuard *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->original);
+    Py_VISIT(self->gettimeout);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+SocketGuard_clear(SocketGuard *self)
+{
+    Py_CLEAR(self->original);
+    Py_CLEAR(self->gettimeout);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+SocketGuard_dealloc(SocketGuard *self)
+{
+    PyObject_GC_UnTrack(self);
+    SocketGuard_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+SocketGuard_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+{
+    if (obj == NULL || obj == Py_None) {
+        Py_INCREF(self);
+        return self;
+    }
+    return PyMethod_New(self, obj);
+}
+
+static PyObject *
+SocketGuard_repr(SocketGuard *self)
+{
+    return PyUnicode_FromFormat("<pytest-asyncbudget no_blocking guard around %R>", self->original);
+}
+
+static PyGetSetDef SocketGuard_getset[] = {
+    {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject SocketGuardType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pytest_asyncbudget._speedups.SocketGuard",
+    .tp_basicsize = sizeof(SocketGuard),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
+                | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "A socket method wrapper that lets non-blocking sockets straight through.",
+    .tp_new = SocketGuard_new,
+    .tp_dealloc = (destructor)SocketGuard_dealloc,
+    .tp_traverse = (traverseproc)SocketGuard_traverse,
+    .tp_clear = (inquiry)SocketGuard_clear,
+    .tp_vectorcall_offset = offsetof(SocketGuard, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = SocketGuard_descr_get,
+    .tp_repr = (reprfunc)SocketGuard_repr,
+    .tp_dictoffset = offsetof(SocketGuard, dict),
+    .tp_getset = SocketGuard_getset,
+};
+
 static PyObject *
 speedups_clock(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
@@ -252,7 +396,7 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (PyType_Ready(&SelectTimerType) < 0) {
+    if (PyType_Ready(&SelectTimerType) < 0 || PyType_Ready(&SocketGuardType) < 0) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&speedups_module);
@@ -262,6 +406,12 @@ PyInit__speedups(void)
     Py_INCREF(&SelectTimerType);
     if (PyModule_AddObject(m, "SelectTimer", (PyObject *)&SelectTimerType) < 0) {
         Py_DECREF(&SelectTimerType);
+        Py_DECREF(m);
+        return NULL;
+    }
+    Py_INCREF(&SocketGuardType);
+    if (PyModule_AddObject(m, "SocketGuard", (PyObject *)&SocketGuardType) < 0) {
+        Py_DECREF(&SocketGuardType);
         Py_DECREF(m);
         return NULL;
     }

@@ -9,17 +9,23 @@ and report the same stretches.
 
 from __future__ import annotations
 
+import _socket
 import gc
+import socket
+import types
 import weakref
 from collections import deque
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from pytest_asyncbudget import accel, patches
 from pytest_asyncbudget.probes import lag
+
+from test_blocking_units import on_loop, probe  # noqa: F401 - the fake no_blocking probe
 
 try:
     from pytest_asyncbudget import _speedups
@@ -165,14 +171,20 @@ def test_compiled_wrapper_is_collected_with_its_probe(monkeypatch: pytest.Monkey
 
 
 def test_pure_python_switch(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``ASYNCBUDGET_PURE_PYTHON`` turns the compiled wrapper off."""
+    """``ASYNCBUDGET_PURE_PYTHON`` turns the compiled wrappers off."""
     monkeypatch.setattr(lag, "_TIMER", None)
+    monkeypatch.setattr(accel, "_MODULE", None)
     monkeypatch.setenv("ASYNCBUDGET_PURE_PYTHON", "1")
     assert lag._compiled_timer() is None
+    assert type(patches._socket_positional_wrapper("socket.socket.recv", _socket.socket.recv)) is types.FunctionType
     monkeypatch.setattr(lag, "_TIMER", None)
+    monkeypatch.setattr(accel, "_MODULE", None)
     monkeypatch.delenv("ASYNCBUDGET_PURE_PYTHON")
     expected = None if _speedups is None else _speedups.SelectTimer
     assert lag._compiled_timer() is expected
+    wrapper = patches._socket_positional_wrapper("socket.socket.recv", _socket.socket.recv)
+    assert type(wrapper) is (types.FunctionType if _speedups is None else _speedups.SocketGuard)
+    assert wrapper.__wrapped__ is _socket.socket.recv and wrapper.__name__ == "recv"
 
 
 _E2E = """
@@ -234,3 +246,59 @@ def test_both_wrappers_give_the_same_verdicts(pytester: pytest.Pytester, monkeyp
     )
     result.stdout.fnmatch_lines(["*test_burst*", "*max_loop_lag exceeded: loop blocked * ms > budget 50 ms (call)"])
     result.stdout.fnmatch_lines(["*a burst of 200,00? callbacks*"])
+
+
+# -- the socket guard -----------------------------------------------------------------------
+_N = object()
+
+
+def _strict_original(self: Any, a: Any = _N, b: Any = _N, c: Any = _N, d: Any = _N, /) -> Any:
+    """Stands for a C socket method: a socket first, up to four positional arguments."""
+    if not isinstance(self, _socket.socket):
+        raise TypeError("descriptor 'fake' needs a socket")
+    return ("called", sum(x is not _N for x in (a, b, c, d)))
+
+
+_SELVES = ["non-blocking", "blocking", "timeout", "not a socket"]
+
+
+@needs_speedups
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    calls=st.lists(
+        st.tuples(st.sampled_from(_SELVES), st.integers(0, 6), st.booleans()),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_compiled_socket_guard_matches_the_python_wrapper(probe: Any, calls: list[tuple[str, int, bool]]) -> None:
+    """Same results, same errors, same calls reported, for every kind of call."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(patches, "speedups", lambda: None)
+        python = patches._socket_positional_wrapper("socket.socket.fake", _strict_original)
+    compiled = patches._compiled_socket_wrapper(_speedups, "socket.socket.fake", _strict_original)
+    assert type(python) is types.FunctionType and type(compiled) is _speedups.SocketGuard
+    pair = socket.socketpair()
+    selves = {"non-blocking": pair[0], "blocking": pair[1], "timeout": socket.socket(), "not a socket": 5}
+    selves["non-blocking"].setblocking(False)
+    selves["timeout"].settimeout(0.5)
+
+    def outcome(wrapper: Any, who: str, nargs: int, keyword: bool) -> Any:
+        before = len(probe.calls)
+        args = [selves[who], *range(nargs - 1)] if nargs else []  # nargs counts the socket
+        kwargs = {"flags": 0} if keyword else {}
+        try:
+            result: Any = wrapper(*args, **kwargs)
+        except TypeError:
+            result = TypeError
+        return result, probe.calls[before:]
+
+    def body() -> None:
+        for who, nargs, keyword in calls:
+            assert outcome(compiled, who, nargs, keyword) == outcome(python, who, nargs, keyword)
+
+    try:
+        on_loop(probe, body)
+    finally:
+        for sock in (*pair, selves["timeout"]):
+            sock.close()

@@ -46,12 +46,12 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from ..accel import speedups
 from ..core import loop_name
 from ..culprit import Culprit, RawFrame, culprit_from
 from .base import Probe, ProbeContext
@@ -121,15 +121,11 @@ def _compiled_timer() -> Any:
     global _TIMER
     if _TIMER is None:
         _TIMER = False
-        if not os.environ.get("ASYNCBUDGET_PURE_PYTHON"):
-            try:
-                from .._speedups import SelectTimer, clock
-            except ImportError:
-                pass
-            else:
-                before, reading, after = _clock(), clock(), _clock()
-                if before - 1e-4 <= reading <= after + 1e-4:
-                    _TIMER = SelectTimer
+        compiled = speedups()
+        if compiled is not None:
+            before, reading, after = _clock(), compiled.clock(), _clock()
+            if before - 1e-4 <= reading <= after + 1e-4:
+                _TIMER = compiled.SelectTimer
     return _TIMER or None
 
 
