@@ -33,6 +33,10 @@ its result or lets its exception through unchanged. The fast path is one global 
 ``_probe is None`` outside a budgeted phase, then ``_get_running_loop() is not
 probe.loop`` (C, about 40 ns), which also sends every call made on another thread
 (executors, ``asyncio.to_thread``, the test's own threads) straight to the original.
+The socket methods asyncio's transports call at every read and write (``recv``,
+``send``, ...) have an optional compiled twin, ``_speedups.SocketGuard``: it lets a call
+on a non-blocking socket through without a Python frame and hands any other call to the
+same Python check (see :func:`_socket_positional_wrapper`).
 Only a call made on the loop's own thread while that loop runs goes on to the probe,
 which decides (from the caller's frames) whether it is the user's blocking call; it never
 raises into the caller, except :class:`BlockingCallError` when the user asked for

@@ -23,6 +23,13 @@ few microseconds early, and one clock read does. Per iteration that is one or tw
 reads and a comparison; nothing else runs in Python per callback. The wrapper is removed
 when the loop stops and again, unconditionally, when the phase ends.
 
+The wrapper is a closure in :class:`_SelectorTicks`. Where the optional C extension is
+built, its compiled twin ``_speedups.SelectTimer`` is used instead: the same steps
+without a Python frame (about 0.11 instead of 0.20 us per iteration), once a check at
+first use has shown that its clock is ``time.perf_counter``'s. The closure stays the
+reference (``tests/test_speedups.py`` compares the two call for call) and the fallback
+(no compiler, or ``ASYNCBUDGET_PURE_PYTHON=1``).
+
 How, on uvloop and other loops (within about a millisecond)
 ------------------------------------------------------------
 uvloop's iteration is compiled code with no Python-visible seam, so the probe runs a
