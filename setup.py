@@ -1,9 +1,10 @@
 """Only for the optional compiled part; everything else is in pyproject.toml.
 
-``pytest_asyncbudget/_speedups.c`` is a faster twin of one hot wrapper (see the file). It
-is built where a C compiler is at hand and skipped, without failing the install, where
-there is none (``optional=True``), on Windows, on PyPy and on free-threaded CPython. The
-plugin then uses its pure-Python wrapper, which behaves the same.
+``pytest_asyncbudget/_speedups.c`` holds faster twins of the plugin's two hottest
+wrappers (see the file). It is built where a C compiler is at hand and skipped, without
+failing the install, where there is none (``optional=True``), on Windows, on PyPy and on
+free-threaded CPython. The plugin then uses its pure-Python wrappers, which behave the
+same.
 """
 
 import platform

@@ -242,9 +242,9 @@ def _socket_positional_wrapper(name: str, original: Callable[..., Any]) -> Calla
     dict, which halves what the wrapper adds to a non-blocking call (about 330 -> 130 ns).
 
     Where the optional C extension is built, the wrapper is its ``SocketGuard`` instead
-    (see :func:`_compiled_socket_wrapper`), which does the first test (a non-blocking
-    socket goes straight through) without a Python frame; this function stays the
-    reference for what it does.
+    (see :func:`_compiled_socket_wrapper`): it lets a non-blocking socket straight
+    through without a Python frame and hands every other call to the same checks as
+    below. The Python wrapper stays the reference (``tests/test_speedups.py``).
     """
     compiled = speedups()
     if compiled is not None:
@@ -281,10 +281,13 @@ def _socket_positional_wrapper(name: str, original: Callable[..., Any]) -> Calla
 
 
 def _compiled_socket_wrapper(compiled: Any, name: str, original: Callable[..., Any]) -> Any:
-    """``_speedups.SocketGuard``: a call on a non-blocking socket, a call that is not on a
-    socket, and a call with keyword arguments or more than four arguments go straight to
-    *original* (which raises its own argument errors); every other call goes to ``slow``, the rest of the Python
-    wrapper above. It binds like a function, so ``sock.recv(n)`` passes the socket first."""
+    """``_speedups.SocketGuard`` around *original*.
+
+    A call on a non-blocking socket, a call that is not on a socket, and a call with
+    keyword arguments or more than four arguments go straight to *original* (which raises
+    its own argument errors). Every other call goes to ``slow``, the rest of the Python
+    wrapper above. It binds like a function, so ``sock.recv(n)`` passes the socket first.
+    """
 
     def slow(self: Any, *args: Any) -> Any:
         p = _probe

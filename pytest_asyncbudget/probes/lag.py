@@ -145,6 +145,8 @@ class _SelectorTicks:
         self._selector = selector = loop._selector
         ready_queue = loop._ready
         original = selector.select
+        self._on_blocked = on_blocked
+        self._floor = floor
         timer = _compiled_timer()
         if timer is not None:  # the compiled twin of the closure below (_speedups.c)
             wrapper = timer(original, ready_queue, on_blocked, floor)
@@ -152,10 +154,8 @@ class _SelectorTicks:
             self._stop = wrapper.stop
             self._wrapper = wrapper
             selector.select = wrapper  # undone in detach()
-            self._on_blocked = on_blocked
-            self._floor = floor
-            return
-        self._python_wrapper(selector, ready_queue, original, floor, on_blocked)
+        else:
+            self._python_wrapper(selector, ready_queue, original, floor, on_blocked)
 
     def _python_wrapper(
         self, selector: Any, ready_queue: deque[Any], original: Callable[..., Any], floor: float, on_blocked: OnBlocked
@@ -204,8 +204,6 @@ class _SelectorTicks:
         self._stop = stop
         self._wrapper = select
         selector.select = select  # undone in detach()
-        self._on_blocked = on_blocked
-        self._floor = floor
 
     @property
     def busy_since(self) -> float | None:
