@@ -403,15 +403,8 @@ PyInit__speedups(void)
     if (m == NULL) {
         return NULL;
     }
-    Py_INCREF(&SelectTimerType);
-    if (PyModule_AddObject(m, "SelectTimer", (PyObject *)&SelectTimerType) < 0) {
-        Py_DECREF(&SelectTimerType);
-        Py_DECREF(m);
-        return NULL;
-    }
-    Py_INCREF(&SocketGuardType);
-    if (PyModule_AddObject(m, "SocketGuard", (PyObject *)&SocketGuardType) < 0) {
-        Py_DECREF(&SocketGuardType);
+    if (PyModule_AddObjectRef(m, "SelectTimer", (PyObject *)&SelectTimerType) < 0
+        || PyModule_AddObjectRef(m, "SocketGuard", (PyObject *)&SocketGuardType) < 0) {
         Py_DECREF(m);
         return NULL;
     }
