@@ -13,7 +13,6 @@
  * (ASYNCBUDGET_PURE_PYTHON=1 always uses the Python ones); tests/test_speedups.py checks
  * that the two behave the same, call for call.
  *
- *
  * SelectTimer(original, ready_queue, on_blocked, floor)
  *     __call__(timeout=None)   the wrapper: time the stretch that ends now, call
  *                              original(timeout), start the next stretch
@@ -244,9 +243,9 @@ static PyTypeObject SelectTimerType = {
  * A call on a socket whose timeout is 0.0 (non-blocking: every socket of asyncio's
  * transports) goes straight to the original; so does a call gettimeout() cannot answer
  * (not a socket: the original raises its own error) and one with keyword arguments or
- * more than four arguments (the original refuses them). Anything else goes to slow(*args), which decides in Python.
- * It binds like a function (a method descriptor), so ``sock.recv(n)`` calls it with the
- * socket first and no bound method is made.
+ * more than four arguments (the original refuses them). Anything else goes to
+ * slow(*args), which decides in Python. It binds like a function (a method descriptor),
+ * so ``sock.recv(n)`` calls it with the socket first and no bound method is made.
  */
 typedef struct {
     PyObject_HEAD

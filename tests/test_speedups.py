@@ -226,7 +226,9 @@ async def test_clean():
 
 
 @pytest.mark.parametrize("pure", [False, True], ids=["default", "pure-python"])
-def test_both_wrappers_give_the_same_verdicts(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, pure: bool) -> None:
+def test_both_wrappers_give_the_same_verdicts(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, pure: bool
+) -> None:
     if pure:
         monkeypatch.setenv("ASYNCBUDGET_PURE_PYTHON", "1")
     else:
