@@ -29,7 +29,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-VARIANTS = ("none", "python-thread", "faulthandler-thread")
+VARIANTS = ("none", "python-thread", "faulthandler-thread", "private-fd-thread")
 
 _CHILD = r'''
 import asyncio, json, select, sys, time, _thread
@@ -37,6 +37,17 @@ variant = sys.argv[1]
 if variant == "python-thread":
     lock = _thread.allocate_lock(); lock.acquire()
     _thread.start_new_thread(lock.acquire, ())
+elif variant == "private-fd-thread":
+    import os
+    lock = _thread.allocate_lock(); lock.acquire()
+    def idle():
+        if hasattr(os, "unshare"):
+            os.unshare(os.CLONE_FILES)
+        else:
+            import ctypes
+            ctypes.CDLL(None, use_errno=True).unshare(0x400)
+        lock.acquire()
+    _thread.start_new_thread(idle, ())
 elif variant == "faulthandler-thread":
     import faulthandler
     faulthandler.dump_traceback_later(3600)
@@ -87,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     ns = ap.parse_args(argv)
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in VARIANTS}
     for r in range(ns.rounds):
-        order = VARIANTS[r % 3:] + VARIANTS[: r % 3]
+        order = VARIANTS[r % len(VARIANTS):] + VARIANTS[: r % len(VARIANTS)]
         for variant in order:
             out = subprocess.run([sys.executable, "-c", _CHILD, variant], capture_output=True, text=True, check=True)
             runs[variant].append(json.loads(out.stdout))

@@ -21,11 +21,17 @@
  *     clock() (module level)   the clock this module reads, for lag.py's check
  *
  * SocketGuard(original, gettimeout, slow)   see below (patches.py's socket wrapper)
+ *
+ * unshare_files() (module level)   unshare(CLONE_FILES) for the calling thread, on Linux:
+ *                                  os.unshare() for Pythons before 3.12 (sampler.py)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stddef.h>
 #include <time.h>
+#ifdef __linux__
+#include <sched.h>  /* unshare, CLONE_FILES (pyconfig.h has defined _GNU_SOURCE) */
+#endif
 
 /* time.perf_counter()'s clock: CLOCK_MONOTONIC on Linux, mach_absolute_time() (which
  * CLOCK_UPTIME_RAW reads) on macOS. lag.py checks the two agree before using this. */
@@ -379,8 +385,24 @@ speedups_clock(PyObject *module, PyObject *Py_UNUSED(ignored))
     return PyFloat_FromDouble(now_seconds());
 }
 
+static PyObject *
+speedups_unshare_files(PyObject *module, PyObject *Py_UNUSED(ignored))
+{
+#if defined(__linux__) && defined(CLONE_FILES)
+    if (unshare(CLONE_FILES) != 0) {
+        return PyErr_SetFromErrno(PyExc_OSError);
+    }
+    Py_RETURN_NONE;
+#else
+    errno = ENOSYS;
+    return PyErr_SetFromErrno(PyExc_OSError);
+#endif
+}
+
 static PyMethodDef speedups_methods[] = {
     {"clock", speedups_clock, METH_NOARGS, "The clock SelectTimer reads, in seconds."},
+    {"unshare_files", speedups_unshare_files, METH_NOARGS,
+     "Give the calling thread a file-descriptor table of its own (unshare(CLONE_FILES))."},
     {NULL, NULL, 0, NULL},
 };
 

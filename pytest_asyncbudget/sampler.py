@@ -27,6 +27,18 @@ while the loop thread's frame still points at the line that made the call. The w
 therefore samples as soon as it holds the GIL again, both after its nap and after being
 woken, and that names the right line. This was checked on CPython 3.10 to 3.13.
 
+A thread that merely exists costs the loop thread, on Linux: while two threads share one
+table of file descriptors, the kernel takes and drops a reference on the file in every
+system call given a descriptor (the loop's ``epoll_wait``/``select``, each socket read and
+write), which a process with one thread skips. That is about 50-75 ns a call, 2-5% of a
+switch-heavy loop (``benchmarks/thread_cost.py``). So the watchdog, which uses no file,
+first gives itself a table of its own (``unshare(CLONE_FILES)``) and closes its copies of
+every descriptor above 2, so it keeps no socket or pipe open that the test closes. The
+loop thread's table is then its own again, and an idle watchdog costs it nothing. Where
+that is not possible (not Linux, a sandbox that forbids ``unshare``, Python < 3.12 without
+the compiled helpers) the watchdog shares the table and the cost stays; ``fd_table`` says
+which.
+
 Nothing here reads another thread's frames without the GIL. An earlier version used
 ``faulthandler.dump_traceback_later`` for the GIL-holding case. That reads every
 thread's frames from a C thread without the GIL, and it crashed the process under load.
@@ -35,11 +47,14 @@ thread's frames from a C thread without the GIL, and it crashed the process unde
 from __future__ import annotations
 
 import _thread
+import functools
+import os
 import sys
 import threading
 import time
 from typing import Protocol
 
+from .accel import speedups
 from .culprit import RawFrame, frames_from
 
 __all__ = ["SampleTarget", "StackSampler"]
@@ -84,6 +99,9 @@ class StackSampler:
         self._started = False
         #: An error raised inside the watchdog, reported by the plugin (None if all is well).
         self.error: str | None = None
+        #: The watchdog's file-descriptor table: "private", or "shared (why)"; None
+        #: until the watchdog has started (see the module's docstring).
+        self.fd_table: str | None = None
 
     def watch(self, target: SampleTarget, threshold: float, interval: float) -> None:
         """Sample *target*'s loop, which runs on this thread, until :meth:`release`.
@@ -118,6 +136,7 @@ class StackSampler:
     # -- the watchdog thread --------------------------------------------------------
     def _run(self) -> None:
         try:
+            self.fd_table = _private_fd_table()
             while True:
                 self._unpark.acquire()  # held again once through: the next one waits
                 self._cycle_until_parked()
@@ -152,6 +171,43 @@ class StackSampler:
             # Cut short by a release() made at any time since the last nap: a watch() or
             # park() between the look and here is not missed.
             nap.acquire(True, max(wake_at - _clock(), shortest))
+
+
+def _private_fd_table() -> str:
+    """Give the calling thread a file-descriptor table of its own, holding only 0-2.
+
+    Returns "private", or "shared (why not)". Linux only: ``unshare(CLONE_FILES)`` copies
+    the process's table for this thread. The copy holds a reference to every open file,
+    so every descriptor above 2 is closed in it at once: a socket or pipe the other
+    threads close is then really closed (the peer sees EOF), as without this thread.
+    0-2 stay, so a traceback this thread prints still reaches stderr.
+    """
+    if not sys.platform.startswith("linux"):
+        return "shared (not Linux)"
+    unshare = getattr(os, "unshare", None)  # Python 3.12+
+    if unshare is not None:
+        detach = functools.partial(unshare, os.CLONE_FILES)
+    else:
+        compiled = speedups()
+        if compiled is None:
+            return "shared (Python < 3.12 without the compiled helpers)"
+        detach = compiled.unshare_files
+    try:
+        detach()
+    except OSError as exc:  # e.g. EPERM under a seccomp profile: keep sharing
+        return f"shared (unshare: {exc})"
+    try:
+        open_fds = [int(name) for name in os.listdir("/proc/thread-self/fd")]
+    except OSError:  # no /proc: close them all, one call where close_range() exists
+        os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+    else:
+        for fd in open_fds:
+            if fd > 2:
+                try:
+                    os.close(fd)
+                except OSError:  # listdir's own descriptor, already closed
+                    pass
+    return "private"
 
 
 def _let_through(lock: _thread.LockType) -> None:

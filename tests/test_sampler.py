@@ -3,9 +3,17 @@ the threshold, not on a fixed cycle, and still samples a stretch that does cross
 
 from __future__ import annotations
 
+import os
+import socket
+import sys
 import threading
 import time
+from pathlib import Path
 
+import pytest
+
+from pytest_asyncbudget import sampler as sampler_module
+from pytest_asyncbudget.accel import speedups
 from pytest_asyncbudget.sampler import StackSampler
 
 
@@ -90,3 +98,105 @@ def test_a_mocked_time_sleep_or_event_wait_does_not_make_the_watchdog_spin(monke
         sampler.park()
     assert calls == []
     assert 1 <= target.looks <= 2
+
+
+# -- the watchdog's own file-descriptor table --------------------------------------------
+# While two threads share a descriptor table, Linux takes and drops a reference on the file
+# in every system call given a descriptor; the watchdog therefore detaches its own table
+# (sampler._private_fd_table). benchmarks/thread_cost.py measures the cost this removes.
+
+detachable = pytest.mark.skipif(
+    not sys.platform.startswith("linux") or (not hasattr(os, "unshare") and speedups() is None),
+    reason="needs Linux, and os.unshare (3.12+) or the compiled helpers",
+)
+
+
+def _started_watchdog() -> StackSampler:
+    sampler = StackSampler()
+    sampler.watch(Target(since=None), threshold=30.0, interval=0.001)
+    deadline = time.monotonic() + 5
+    while sampler.fd_table is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return sampler
+
+
+def _fds_of_each_thread() -> dict[int, set[int]]:
+    tasks = Path("/proc/self/task")
+    return {int(t.name): {int(fd.name) for fd in (t / "fd").iterdir()} for t in tasks.iterdir()}
+
+
+@detachable
+def test_the_watchdog_keeps_only_stdio_in_a_table_of_its_own():
+    before = _fds_of_each_thread()
+    sampler = _started_watchdog()
+    try:
+        assert sampler.fd_table == "private"
+        r, w = os.pipe()  # opened by this thread after the watchdog detached
+        try:
+            tables = _fds_of_each_thread()
+        finally:
+            os.close(r)
+            os.close(w)
+    finally:
+        sampler.park()
+    (watchdog,) = set(tables) - set(before)
+    assert tables[watchdog] <= {0, 1, 2}, "the watchdog kept copies of the process's files"
+    assert {r, w} <= tables[threading.get_native_id()]
+    assert sampler.error is None
+
+
+@detachable
+def test_a_socket_closed_after_the_watchdog_started_is_really_closed():
+    a, b = socket.socketpair()  # in the table the watchdog copies
+    try:
+        sampler = _started_watchdog()
+        try:
+            assert sampler.fd_table == "private"
+            a.close()
+            b.settimeout(5)
+            assert b.recv(1) == b"", "the peer did not see EOF: a copy kept the socket open"
+        finally:
+            sampler.park()
+    finally:
+        a.close()
+        b.close()
+
+
+def _in_a_thread(fn):
+    """Run *fn* in a throwaway thread: _private_fd_table changes its caller's table."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(fn()))
+    t.start()
+    t.join(10)
+    return out[0]
+
+
+def test_where_unshare_is_refused_the_table_stays_shared_and_untouched(monkeypatch):
+    def refuse(*args):
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(sampler_module.sys, "platform", "linux")
+    monkeypatch.setattr(sampler_module.os, "unshare", refuse, raising=False)
+    monkeypatch.setattr(sampler_module.os, "CLONE_FILES", 0x400, raising=False)  # < 3.12
+    r, w = os.pipe()
+    try:
+        assert _in_a_thread(sampler_module._private_fd_table).startswith("shared (unshare: ")
+        os.write(w, b"x")  # the descriptors were not closed
+        assert os.read(r, 1) == b"x"
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_without_unshare_or_the_compiled_helpers_the_table_is_shared(monkeypatch):
+    monkeypatch.setattr(sampler_module.sys, "platform", "linux")
+    monkeypatch.delattr(sampler_module.os, "unshare", raising=False)
+    monkeypatch.setattr(sampler_module, "speedups", lambda: None)
+    assert _in_a_thread(sampler_module._private_fd_table) == (
+        "shared (Python < 3.12 without the compiled helpers)"
+    )
+
+
+def test_not_linux_shares_the_table(monkeypatch):
+    monkeypatch.setattr(sampler_module.sys, "platform", "darwin")
+    assert _in_a_thread(sampler_module._private_fd_table) == "shared (not Linux)"
