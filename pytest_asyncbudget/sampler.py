@@ -118,7 +118,13 @@ class StackSampler:
             return
         if not self._started:
             self._started = True
-            _thread.start_new_thread(self._run, ())
+            ready = _thread.allocate_lock()
+            ready.acquire()
+            _thread.start_new_thread(self._run, (ready,))
+            # Wait (once per session, well under a millisecond) for the watchdog to set up
+            # its fd table: that lets go of the GIL, which must not happen while the loop
+            # thread is in a long C call, or the watchdog would miss the end of the call.
+            ready.acquire(True, 1.0)
         self._active = True
         _let_through(self._unpark)
 
@@ -134,9 +140,12 @@ class StackSampler:
             _let_through(self._nap)  # let it see that now rather than after its nap
 
     # -- the watchdog thread --------------------------------------------------------
-    def _run(self) -> None:
+    def _run(self, ready: _thread.LockType) -> None:
         try:
-            self.fd_table = _private_fd_table()
+            try:
+                self.fd_table = _private_fd_table()
+            finally:
+                ready.release()
             while True:
                 self._unpark.acquire()  # held again once through: the next one waits
                 self._cycle_until_parked()
