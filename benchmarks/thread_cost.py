@@ -2,16 +2,23 @@
 """What one idle extra thread costs an event loop, with no plugin involved.
 
 The lag probe's culprits come from a watchdog thread (``sampler.py``). In a test process
-that has no other thread (no executor, no ``to_thread``, no pytest-xdist), starting it
-makes the process multi-threaded, and that alone slows every system call that releases
-the GIL: the loop's ``epoll_wait``/``select`` on each iteration, on both loops. This
-script measures that, with nothing of pytest-asyncbudget loaded: fresh interpreters run
-the same workloads with no extra thread, and with one extra thread blocked in a lock
-(started from Python, or ``faulthandler``'s C watchdog), interleaved round by round.
+that has no other thread (no executor, no ``to_thread``, no pytest-xdist), a second
+thread that shares the process's file-descriptor table makes Linux take and drop a
+reference on the file in every system call given a descriptor (the loop's
+``epoll_wait``/``select`` on each iteration, every socket read and write), which it skips
+while one thread owns the table. This script measures that, with nothing of
+pytest-asyncbudget loaded: fresh interpreters run the same workloads with no extra
+thread, with one extra thread blocked in a lock (started from Python, or
+``faulthandler``'s C watchdog), and with one that first gave itself a table of its own
+(``unshare(CLONE_FILES)``, what the plugin's watchdog does), interleaved round by round.
 
 Workloads (best of 9 per process; the script reports the median over rounds):
 
 * ``epoll``: 30,000 ``select.epoll().poll(0)`` calls;
+* ``lseek``: 30,000 ``os.lseek(fd, 0, SEEK_CUR)`` calls on ``/dev/null``. ``lseek`` is not
+  a cancellation point of the C library, so it separates the kernel's cost (above) from
+  glibc's cancellation handling, which session 5 first suspected;
+* ``getppid``: 30,000 ``os.getppid()`` calls, a system call with no descriptor (control);
 * ``asyncio`` / ``uvloop``: two tasks ping-ponging through ``await asyncio.sleep(0)``
   (9,000 rounds each; the overhead suite's ``test_switch_pair``).
 
@@ -32,13 +39,12 @@ from pathlib import Path
 VARIANTS = ("none", "python-thread", "faulthandler-thread", "private-fd-thread")
 
 _CHILD = r'''
-import asyncio, json, select, sys, time, _thread
+import asyncio, json, os, select, sys, time, _thread
 variant = sys.argv[1]
 if variant == "python-thread":
     lock = _thread.allocate_lock(); lock.acquire()
     _thread.start_new_thread(lock.acquire, ())
 elif variant == "private-fd-thread":
-    import os
     lock = _thread.allocate_lock(); lock.acquire()
     def idle():
         if hasattr(os, "unshare"):
@@ -60,6 +66,15 @@ def best(fn, n=9):
     return out
 
 ep = select.epoll()
+fd = os.open("/dev/null", os.O_RDONLY)
+def seeks():
+    for _ in range(30000):
+        os.lseek(fd, 0, os.SEEK_CUR)
+
+def ppids():
+    for _ in range(30000):
+        os.getppid()
+
 def polls():
     poll = ep.poll
     for _ in range(30000):
@@ -81,7 +96,7 @@ def on(factory):
             loop.close()
     return run
 
-result = {"epoll": best(polls), "asyncio": best(on(asyncio.new_event_loop))}
+result = {"epoll": best(polls), "lseek": best(seeks), "getppid": best(ppids), "asyncio": best(on(asyncio.new_event_loop))}
 try:
     import uvloop
     result["uvloop"] = best(on(uvloop.new_event_loop))
