@@ -34,7 +34,9 @@ write), which a process with one thread skips. That is about 50-75 ns a call, 2-
 switch-heavy loop (``benchmarks/thread_cost.py``). So the watchdog, which uses no file,
 first gives itself a table of its own (``unshare(CLONE_FILES)``) and closes its copies of
 every descriptor above 2, so it keeps no socket or pipe open that the test closes. The
-loop thread's table is then its own again, and an idle watchdog costs it nothing. Where
+loop thread's table is then its own again, and an idle watchdog costs it nothing. (One
+consequence: should the watchdog itself crash, pytest's faulthandler, which writes to a
+copy of stderr above 2, could not print its traceback.) Where
 that is not possible (not Linux, a sandbox that forbids ``unshare``, Python < 3.12 without
 the compiled helpers) the watchdog shares the table and the cost stays; ``fd_table`` says
 which.
