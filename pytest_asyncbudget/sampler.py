@@ -30,7 +30,7 @@ woken, and that names the right line. This was checked on CPython 3.10 to 3.13.
 A thread that merely exists costs the loop thread, on Linux: while two threads share one
 table of file descriptors, the kernel takes and drops a reference on the file in every
 system call given a descriptor (the loop's ``epoll_wait``/``select``, each socket read and
-write), which a process with one thread skips. That is about 50-75 ns a call, 2-5% of a
+write), which a process with one thread skips. That is about 50-75 ns a call, 1-6% of a
 switch-heavy loop (``benchmarks/thread_cost.py``). So the watchdog, which uses no file,
 first gives itself a table of its own (``unshare(CLONE_FILES)``) and closes its copies of
 every descriptor above 2, so it keeps no socket or pipe open that the test closes. The
