@@ -146,6 +146,8 @@ class StackSampler:
         try:
             try:
                 self.fd_table = _private_fd_table()
+            except Exception as exc:  # noqa: BLE001 - no reason to lose the watchdog
+                self.fd_table = f"shared ({type(exc).__name__}: {exc})"
             finally:
                 ready.release()
             while True:

@@ -200,3 +200,22 @@ def test_without_unshare_or_the_compiled_helpers_the_table_is_shared(monkeypatch
 def test_not_linux_shares_the_table(monkeypatch):
     monkeypatch.setattr(sampler_module.sys, "platform", "darwin")
     assert _in_a_thread(sampler_module._private_fd_table) == "shared (not Linux)"
+
+
+def test_a_failing_fd_table_set_up_leaves_a_working_watchdog(monkeypatch):
+    def broken() -> str:
+        raise ValueError("unexpected")
+
+    monkeypatch.setattr(sampler_module, "_private_fd_table", broken)
+    sampler = StackSampler()
+    target = Target(since=time.perf_counter())  # busy from now on
+    try:
+        sampler.watch(target, threshold=0.02, interval=0.001)
+        deadline = time.monotonic() + 5
+        while not target.samples and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        sampler.park()
+    assert sampler.fd_table == "shared (ValueError: unexpected)"
+    assert target.samples, "the watchdog died with its fd-table set-up"
+    assert sampler.error is None
