@@ -770,3 +770,23 @@ def test_forked_child_chooses_its_own_meter():
     assert os.read(read, 1) == b"1"
     os.waitpid(pid, 0)
     os.close(read)
+
+
+@pytest.mark.skipif(not EXACT, reason="needs /proc/self/clear_refs")
+def test_the_meter_does_not_go_through_the_guard_no_blocking_puts_on_os(monkeypatch):
+    """no_blocking patches os.pread/os.pwrite for the user's code; the probe's own /proc
+    reads and writes use the functions bound at import, never the patched ones."""
+
+    def guarded(*args):
+        raise AssertionError("the rss probe called the patched os function")
+
+    meter = rss_probe.ClearRefsMeter()
+    try:
+        monkeypatch.setattr(os, "pread", guarded)
+        monkeypatch.setattr(os, "pwrite", guarded)
+        baseline = meter.start()
+        peak, end, exact = meter.peak(baseline, 0)
+    finally:
+        monkeypatch.undo()
+        meter.close()
+    assert exact and peak >= baseline > 0 and end > 0

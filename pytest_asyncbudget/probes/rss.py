@@ -73,6 +73,10 @@ SAMPLE_INTERVAL = 0.002
 _CHECK_SIZE = 8 * 2**20
 
 _PAGE = mmap.PAGESIZE
+# Bound now, before no_blocking patches ``os``: the probe's own reads and writes of /proc
+# must not go through the guard it puts on the user's file I/O.
+_pread = os.pread
+_pwrite = os.pwrite
 
 
 @dataclass
@@ -184,12 +188,12 @@ class ClearRefsMeter(Meter):
 
     def _hwm_and_rss(self) -> tuple[int, int]:
         """``(VmHWM, VmRSS)`` of this process, in bytes."""
-        data = os.pread(self._status, 8192, 0)
+        data = _pread(self._status, 8192, 0)
         return _status_field(data, b"VmHWM:"), _status_field(data, b"VmRSS:")
 
     def start(self) -> int:
-        os.pwrite(self._clear, b"5", 0)  # reset the mark to the current RSS
-        return int(os.pread(self._statm, 256, 0).split()[1]) * _PAGE
+        _pwrite(self._clear, b"5", 0)  # reset the mark to the current RSS
+        return int(_pread(self._statm, 256, 0).split()[1]) * _PAGE
 
     def peak(self, since_rss: int, mark: int) -> tuple[int, int, bool]:
         hwm, rss = self._hwm_and_rss()
