@@ -34,6 +34,13 @@ class Target:
         self.samples.append((when, frames))
 
 
+def _wait_until(done, timeout: float = 5.0) -> None:
+    """Sleep in small steps until done() is true or *timeout* seconds have passed."""
+    deadline = time.monotonic() + timeout
+    while not done() and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
 def test_an_idle_loop_is_looked_at_once_per_threshold_not_every_few_ms():
     sampler = StackSampler()
     target = Target(since=None)  # the loop waits for I/O the whole time
@@ -56,7 +63,7 @@ def test_a_stretch_is_sampled_when_it_crosses_the_threshold():
         sampler.watch(target, threshold=0.05, interval=0.001)
         deadline = time.monotonic() + 5
         while not target.samples and time.monotonic() < deadline:
-            time.sleep(0.01)  # the blocking line the sample must name
+            time.sleep(0.01)  # the blocking line the sample must name (so not in a helper)
     finally:
         sampler.park()
     assert len(target.samples) == 1, "one sample per stretch"
@@ -74,9 +81,7 @@ def test_a_new_target_with_a_smaller_threshold_cuts_the_nap_short():
         time.sleep(0.05)
         busy = Target(since=time.perf_counter())
         sampler.watch(busy, threshold=0.02, interval=0.001)
-        deadline = time.monotonic() + 5
-        while not busy.samples and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_until(lambda: busy.samples)
     finally:
         sampler.park()
     assert busy.samples, "the watchdog kept napping for the old threshold"
@@ -114,9 +119,7 @@ detachable = pytest.mark.skipif(
 def _started_watchdog() -> StackSampler:
     sampler = StackSampler()
     sampler.watch(Target(since=None), threshold=30.0, interval=0.001)
-    deadline = time.monotonic() + 5
-    while sampler.fd_table is None and time.monotonic() < deadline:
-        time.sleep(0.001)
+    _wait_until(lambda: sampler.fd_table is not None)
     return sampler
 
 
@@ -211,9 +214,7 @@ def test_a_failing_fd_table_set_up_leaves_a_working_watchdog(monkeypatch):
     target = Target(since=time.perf_counter())  # busy from now on
     try:
         sampler.watch(target, threshold=0.02, interval=0.001)
-        deadline = time.monotonic() + 5
-        while not target.samples and time.monotonic() < deadline:
-            time.sleep(0.01)
+        _wait_until(lambda: target.samples)
     finally:
         sampler.park()
     assert sampler.fd_table == "shared (ValueError: unexpected)"
