@@ -36,10 +36,9 @@ first gives itself a table of its own (``unshare(CLONE_FILES)``) and closes its 
 every descriptor above 2, so it keeps no socket or pipe open that the test closes. The
 loop thread's table is then its own again, and an idle watchdog costs it nothing. (One
 consequence: should the watchdog itself crash, pytest's faulthandler, which writes to a
-copy of stderr above 2, could not print its traceback.) Where
-that is not possible (not Linux, a sandbox that forbids ``unshare``, Python < 3.12 without
-the compiled helpers) the watchdog shares the table and the cost stays; ``fd_table`` says
-which.
+copy of stderr above 2, could not print its traceback.) Where that is not possible (not
+Linux, a sandbox that forbids ``unshare``, Python < 3.12 without the compiled helpers)
+the watchdog shares the table and the cost stays; ``fd_table`` says which.
 
 Nothing here reads another thread's frames without the GIL. An earlier version used
 ``faulthandler.dump_traceback_later`` for the GIL-holding case. That reads every
@@ -62,6 +61,7 @@ from .culprit import RawFrame, frames_from
 __all__ = ["SampleTarget", "StackSampler"]
 
 _clock = time.perf_counter
+_LINUX = sys.platform.startswith("linux")
 
 
 class SampleTarget(Protocol):
@@ -195,7 +195,7 @@ def _private_fd_table() -> str:
     threads close is then really closed (the peer sees EOF), as without this thread.
     0-2 stay, so a traceback this thread prints still reaches stderr.
     """
-    if not sys.platform.startswith("linux"):
+    if not _LINUX:
         return "shared (not Linux)"
     unshare = getattr(os, "unshare", None)  # Python 3.12+
     if unshare is not None:

@@ -144,6 +144,7 @@ def test_the_watchdog_keeps_only_stdio_in_a_table_of_its_own():
         sampler.park()
     (watchdog,) = set(tables) - set(before)
     assert tables[watchdog] <= {0, 1, 2}, "the watchdog kept copies of the process's files"
+    assert {0, 1, 2} <= tables[watchdog], "stdio must stay open for the watchdog's own tracebacks"
     assert {r, w} <= tables[threading.get_native_id()]
     assert sampler.error is None
 
@@ -178,7 +179,7 @@ def test_where_unshare_is_refused_the_table_stays_shared_and_untouched(monkeypat
     def refuse(*args):
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(sampler_module.sys, "platform", "linux")
+    monkeypatch.setattr(sampler_module, "_LINUX", True)
     monkeypatch.setattr(sampler_module.os, "unshare", refuse, raising=False)
     monkeypatch.setattr(sampler_module.os, "CLONE_FILES", 0x400, raising=False)  # < 3.12
     r, w = os.pipe()
@@ -192,7 +193,7 @@ def test_where_unshare_is_refused_the_table_stays_shared_and_untouched(monkeypat
 
 
 def test_without_unshare_or_the_compiled_helpers_the_table_is_shared(monkeypatch):
-    monkeypatch.setattr(sampler_module.sys, "platform", "linux")
+    monkeypatch.setattr(sampler_module, "_LINUX", True)
     monkeypatch.delattr(sampler_module.os, "unshare", raising=False)
     monkeypatch.setattr(sampler_module, "speedups", lambda: None)
     assert _in_a_thread(sampler_module._private_fd_table) == (
@@ -201,7 +202,7 @@ def test_without_unshare_or_the_compiled_helpers_the_table_is_shared(monkeypatch
 
 
 def test_not_linux_shares_the_table(monkeypatch):
-    monkeypatch.setattr(sampler_module.sys, "platform", "darwin")
+    monkeypatch.setattr(sampler_module, "_LINUX", False)
     assert _in_a_thread(sampler_module._private_fd_table) == "shared (not Linux)"
 
 
