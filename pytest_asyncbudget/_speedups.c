@@ -1,5 +1,5 @@
 /*
- * Optional compiled twins of the plugin's two hottest wrappers.
+ * Optional compiled twins of the plugin's hottest wrappers.
  *
  * SelectTimer wraps a stock asyncio loop's ``selector.select`` for the lag probe
  * (pytest_asyncbudget/probes/lag.py, ``_SelectorTicks``): it runs once per loop
@@ -21,6 +21,9 @@
  *     clock() (module level)   the clock this module reads, for lag.py's check
  *
  * SocketGuard(original, gettimeout, slow)   see below (patches.py's socket wrapper)
+ *
+ * CallGuard(original, kind, data, slow)      see below (patches.py's wrappers on the
+ *                                            to_thread path)
  *
  * unshare_files() (module level)   unshare(CLONE_FILES) for the calling thread, on Linux:
  *                                  os.unshare() for Pythons before 3.12 (sampler.py)
@@ -379,6 +382,241 @@ static PyTypeObject SocketGuardType = {
     .tp_getset = SocketGuard_getset,
 };
 
+/* ------------------------------------------------------------------------------------
+ * CallGuard(original, kind, data, slow): no_blocking's wrappers on the to_thread path.
+ *
+ * Every asyncio.to_thread()/run_in_executor() call goes through three of them on the
+ * loop thread: the executor's submit does Semaphore.acquire(timeout=0), every executor
+ * Future makes a Condition and so an RLock, and asyncio reads the finished future's
+ * exception() and result(). Each has an answer that needs no look at the probe, and
+ * this type gives that answer without a Python frame. Any other call goes to slow, the
+ * Python wrapper (patches.py), which stays the reference and decides everything else.
+ *
+ * kind 1, GUARD_DONE:        original when args[0]._state is in data (a set), else slow;
+ *                            for concurrent.futures.Future.result/exception.
+ * kind 2, GUARD_NO_WAIT:     original when the call cannot wait: acquire(blocking=False)
+ *                            or a timeout that is an int or float <= 0, else slow; for
+ *                            threading.Semaphore.acquire(self, blocking=True, timeout=None).
+ * kind 3, GUARD_STDLIB_CALLER: result = original(...); returned as it is when data (a
+ *                            dict: file name -> is it the user's) says False for the
+ *                            calling frame's file, else slow(result); for the Lock/RLock
+ *                            factories (only locks the user's code makes are watched).
+ *
+ * It binds like a function, as the Python wrappers do.
+ * ------------------------------------------------------------------------------------ */
+enum { GUARD_DONE = 1, GUARD_NO_WAIT = 2, GUARD_STDLIB_CALLER = 3 };
+
+typedef struct {
+    PyObject_HEAD
+    vectorcallfunc vectorcall;
+    PyObject *original;
+    PyObject *data;
+    PyObject *slow;
+    PyObject *dict;
+    int kind;
+} CallGuard;
+
+static PyObject *str_state, *str_blocking, *str_timeout;
+
+/* 1: the call cannot wait; 0: it may (or the arguments are unusual: ask slow). */
+static int
+guard_no_wait(PyObject *const *args, Py_ssize_t nargs, PyObject *kwnames)
+{
+    PyObject *blocking = nargs > 1 ? args[1] : NULL;
+    PyObject *timeout = nargs > 2 ? args[2] : NULL;
+    if (nargs < 1 || nargs > 3) {
+        return 0;
+    }
+    if (kwnames != NULL) {
+        Py_ssize_t nkw = PyTuple_GET_SIZE(kwnames);
+        for (Py_ssize_t i = 0; i < nkw; i++) {
+            PyObject *name = PyTuple_GET_ITEM(kwnames, i);
+            PyObject *value = args[nargs + i];
+            if (name == str_blocking && blocking == NULL) {
+                blocking = value;
+            }
+            else if (name == str_timeout && timeout == NULL) {
+                timeout = value;
+            }
+            else {
+                return 0;  /* a name compared by value, a repeat, a stray: slow decides */
+            }
+        }
+    }
+    if (blocking != NULL) {
+        int truth = PyObject_IsTrue(blocking);
+        if (truth < 0) {
+            PyErr_Clear();
+            return 0;
+        }
+        if (!truth) {
+            return 1;
+        }
+    }
+    if (timeout != NULL) {
+        if (PyFloat_CheckExact(timeout)) {
+            return PyFloat_AS_DOUBLE(timeout) <= 0.0;
+        }
+        if (PyLong_CheckExact(timeout)) {
+            int overflow;
+            long value = PyLong_AsLongAndOverflow(timeout, &overflow);
+            if (value == -1 && PyErr_Occurred()) {
+                PyErr_Clear();
+                return 0;
+            }
+            return overflow < 0 || (overflow == 0 && value <= 0);
+        }
+    }
+    return 0;
+}
+
+static PyObject *
+CallGuard_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
+{
+    CallGuard *self = (CallGuard *)callable;
+    Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
+    switch (self->kind) {
+    case GUARD_DONE:
+        if (nargs >= 1 && nargs <= 2 && (kwnames == NULL || PyTuple_GET_SIZE(kwnames) == 0)) {
+            PyObject *state = PyObject_GetAttr(args[0], str_state);
+            if (state == NULL) {
+                if (!PyErr_ExceptionMatches(PyExc_Exception)) {
+                    return NULL;
+                }
+                PyErr_Clear();
+                break;
+            }
+            int done = PySet_Contains(self->data, state);
+            Py_DECREF(state);
+            if (done < 0) {
+                PyErr_Clear();  /* an unhashable state: slow decides */
+                break;
+            }
+            if (done) {
+                return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+            }
+        }
+        break;
+    case GUARD_NO_WAIT:
+        if (guard_no_wait(args, nargs, kwnames)) {
+            return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+        }
+        break;
+    case GUARD_STDLIB_CALLER: {
+        PyObject *result = PyObject_Vectorcall(self->original, args, nargsf, kwnames);
+        if (result == NULL) {
+            return NULL;
+        }
+        PyFrameObject *frame = PyEval_GetFrame();  /* borrowed: the caller's frame */
+        if (frame != NULL) {
+            PyCodeObject *code = PyFrame_GetCode(frame);
+            PyObject *user = PyDict_GetItemWithError(self->data, code->co_filename);  /* borrowed */
+            Py_DECREF(code);
+            if (user == Py_False) {
+                return result;
+            }
+            if (user == NULL && PyErr_Occurred()) {
+                PyErr_Clear();
+            }
+        }
+        PyObject *out = PyObject_CallOneArg(self->slow, result);
+        Py_DECREF(result);
+        return out;
+    }
+    }
+    return PyObject_Vectorcall(self->slow, args, nargsf, kwnames);
+}
+
+static PyObject *
+CallGuard_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+{
+    PyObject *original, *data, *slow;
+    int kind;
+    static char *kwlist[] = {"original", "kind", "data", "slow", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OiOO:CallGuard", kwlist, &original, &kind, &data, &slow)) {
+        return NULL;
+    }
+    if (kind == GUARD_DONE && !PyAnySet_Check(data)) {
+        PyErr_SetString(PyExc_TypeError, "CallGuard kind 1 needs a set or frozenset");
+        return NULL;
+    }
+    if (kind == GUARD_STDLIB_CALLER && !PyDict_CheckExact(data)) {
+        PyErr_SetString(PyExc_TypeError, "CallGuard kind 3 needs a dict");
+        return NULL;
+    }
+    if (kind < GUARD_DONE || kind > GUARD_STDLIB_CALLER) {
+        PyErr_Format(PyExc_ValueError, "unknown CallGuard kind %d", kind);
+        return NULL;
+    }
+    CallGuard *self = (CallGuard *)type->tp_alloc(type, 0);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->vectorcall = CallGuard_vectorcall;
+    self->kind = kind;
+    Py_INCREF(original);
+    self->original = original;
+    Py_INCREF(data);
+    self->data = data;
+    Py_INCREF(slow);
+    self->slow = slow;
+    self->dict = NULL;
+    return (PyObject *)self;
+}
+
+static int
+CallGuard_traverse(CallGuard *self, visitproc visit, void *arg)
+{
+    Py_VISIT(self->original);
+    Py_VISIT(self->data);
+    Py_VISIT(self->slow);
+    Py_VISIT(self->dict);
+    return 0;
+}
+
+static int
+CallGuard_clear(CallGuard *self)
+{
+    Py_CLEAR(self->original);
+    Py_CLEAR(self->data);
+    Py_CLEAR(self->slow);
+    Py_CLEAR(self->dict);
+    return 0;
+}
+
+static void
+CallGuard_dealloc(CallGuard *self)
+{
+    PyObject_GC_UnTrack(self);
+    CallGuard_clear(self);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *
+CallGuard_repr(CallGuard *self)
+{
+    return PyUnicode_FromFormat("<pytest-asyncbudget no_blocking guard around %R>", self->original);
+}
+
+static PyTypeObject CallGuardType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "pytest_asyncbudget._speedups.CallGuard",
+    .tp_basicsize = sizeof(CallGuard),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC | Py_TPFLAGS_HAVE_VECTORCALL
+                | Py_TPFLAGS_METHOD_DESCRIPTOR,
+    .tp_doc = "A no_blocking wrapper that answers the calls that cannot wait without Python.",
+    .tp_new = CallGuard_new,
+    .tp_dealloc = (destructor)CallGuard_dealloc,
+    .tp_traverse = (traverseproc)CallGuard_traverse,
+    .tp_clear = (inquiry)CallGuard_clear,
+    .tp_vectorcall_offset = offsetof(CallGuard, vectorcall),
+    .tp_call = PyVectorcall_Call,
+    .tp_descr_get = SocketGuard_descr_get,
+    .tp_repr = (reprfunc)CallGuard_repr,
+    .tp_dictoffset = offsetof(CallGuard, dict),
+    .tp_getset = SocketGuard_getset,
+};
+
 static PyObject *
 speedups_clock(PyObject *module, PyObject *Py_UNUSED(ignored))
 {
@@ -417,7 +655,14 @@ static struct PyModuleDef speedups_module = {
 PyMODINIT_FUNC
 PyInit__speedups(void)
 {
-    if (PyType_Ready(&SelectTimerType) < 0 || PyType_Ready(&SocketGuardType) < 0) {
+    if (PyType_Ready(&SelectTimerType) < 0 || PyType_Ready(&SocketGuardType) < 0
+        || PyType_Ready(&CallGuardType) < 0) {
+        return NULL;
+    }
+    str_state = PyUnicode_InternFromString("_state");
+    str_blocking = PyUnicode_InternFromString("blocking");
+    str_timeout = PyUnicode_InternFromString("timeout");
+    if (str_state == NULL || str_blocking == NULL || str_timeout == NULL) {
         return NULL;
     }
     PyObject *m = PyModule_Create(&speedups_module);
@@ -425,7 +670,8 @@ PyInit__speedups(void)
         return NULL;
     }
     if (PyModule_AddObjectRef(m, "SelectTimer", (PyObject *)&SelectTimerType) < 0
-        || PyModule_AddObjectRef(m, "SocketGuard", (PyObject *)&SocketGuardType) < 0) {
+        || PyModule_AddObjectRef(m, "SocketGuard", (PyObject *)&SocketGuardType) < 0
+        || PyModule_AddObjectRef(m, "CallGuard", (PyObject *)&CallGuardType) < 0) {
         Py_DECREF(m);
         return NULL;
     }

@@ -72,8 +72,11 @@ class LoopCore:
         self._thread_id = threading.get_ident()
         self._loop = None
         self.phase_loops = []
-        for probe in probes:
-            self._errors.guard(probe, "phase_started", phase)
+        for probe in probes:  # errors.guard, inlined: these events run at every phase
+            try:
+                probe.phase_started(phase)
+            except Exception:  # noqa: BLE001 - reported once; the budget is skipped
+                self._errors.failed(probe, "phase_started")
         sys.set_asyncgen_hooks = self._set_asyncgen_hooks  # undone in end_phase
 
     def end_phase(self, phase: str) -> None:
@@ -85,7 +88,10 @@ class LoopCore:
             sys.set_asyncgen_hooks = _real_set_asyncgen_hooks
             probes, self._probes = self._probes, ()
             for probe in probes:
-                self._errors.guard(probe, "phase_stopped", phase)
+                try:
+                    probe.phase_stopped(phase)
+                except Exception:  # noqa: BLE001
+                    self._errors.failed(probe, "phase_stopped")
 
     # -- the patched function ---------------------------------------------------------
     def _set_asyncgen_hooks(self, *args: Any, **kwargs: Any) -> None:
@@ -108,9 +114,15 @@ class LoopCore:
         if name not in self.phase_loops:
             self.phase_loops.append(name)
         for probe in self._probes:
-            self._errors.guard(probe, "loop_started", loop)
+            try:
+                probe.loop_started(loop)
+            except Exception:  # noqa: BLE001
+                self._errors.failed(probe, "loop_started")
 
     def _stopped(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = None
         for probe in self._probes:
-            self._errors.guard(probe, "loop_stopped", loop)
+            try:
+                probe.loop_stopped(loop)
+            except Exception:  # noqa: BLE001
+                self._errors.failed(probe, "loop_stopped")

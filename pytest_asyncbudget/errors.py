@@ -27,9 +27,18 @@ class PluginErrors:
         try:
             return getattr(probe, method)(*args)
         except Exception:  # noqa: BLE001 - reported below, and the budget is skipped
-            self.record(f"{type(probe).__name__}.{method}", traceback.format_exc())
-            self.failed_budgets.add(getattr(probe, "budget", type(probe).__name__))
+            self.failed(probe, method)
             return None
+
+    def failed(self, probe: Any, method: str, where: str | None = None) -> None:
+        """``probe.method`` just raised: keep the traceback, skip its budget for this test.
+
+        Call it from the ``except`` block (the hot paths in :mod:`..core` and the manager
+        inline :meth:`guard`'s ``try`` rather than pay for a call by name). *where* names
+        the place when it is not the probe's own method (a budget module's ``judge``).
+        """
+        self.record(where or f"{type(probe).__name__}.{method}", traceback.format_exc())
+        self.failed_budgets.add(getattr(probe, "budget", type(probe).__name__))
 
     def record(self, where: str, text: str) -> None:
         if where not in self._places:

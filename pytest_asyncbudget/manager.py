@@ -119,7 +119,7 @@ class Manager:
         context = ProbeContext(item=item, config=self.config, sampler=self.sampler)
         probes = []
         for name, budget in plan.budgets.items():
-            probe = self.errors.guard(budgets.module_for(name), "make_probe", budget, context)
+            probe = self.errors.guard(budgets.BY_NAME[name], "make_probe", budget, context)
             if probe is not None:
                 probes.append(probe)
         record = TestRecord(nodeid=item.nodeid, loop=None, budgets=dict(plan.budgets))
@@ -149,20 +149,30 @@ class Manager:
         record = state.record
         if record.loop is None and self.core.phase_loops:
             record.loop = self.core.phase_loops[0]
-        for probe in state.probes:
+        failed_budgets, planned = self.errors.failed_budgets, state.plan.budgets
+        for probe in state.probes:  # errors.guard, inlined: this runs at every phase
             name = probe.budget
-            if name in self.errors.failed_budgets:
+            if name in failed_budgets:
                 if name not in record.not_measured:
                     record.not_measured.append(name)
                 continue
-            measurement = self.errors.guard(probe, "measurement", phase)
+            try:
+                measurement = probe.measurement(phase)
+            except Exception:  # noqa: BLE001 - reported once; the budget is skipped
+                self.errors.failed(probe, "measurement")
+                continue
             if measurement is None:
                 continue
             record.measurements.setdefault(name, {})[phase] = measurement
-            module = budgets.module_for(name)
-            verdict: Verdict | None = self.errors.guard(module, "judge", state.plan.budgets[name], measurement)
-            if verdict is not None:
-                record.verdicts.append(verdict)
+            module = budgets.BY_NAME[name]
+            try:
+                verdict: Verdict = module.judge(planned[name], measurement)
+            except Exception:  # noqa: BLE001 - the budget is "not measured" for this test
+                self.errors.failed(probe, "judge", where=f"{module.__name__}.judge")
+                if name not in record.not_measured:
+                    record.not_measured.append(name)
+                continue
+            record.verdicts.append(verdict)
 
     # -- reporting: fail the phase a budget broke in ----------------------------------
     @pytest.hookimpl(wrapper=True)

@@ -371,7 +371,28 @@ def _function_wrapper(name: str, original: Callable[..., Any], check: Callable[.
         functools.update_wrapper(wrapper, original)
     except (AttributeError, TypeError):  # pragma: no cover - exotic callables
         pass
+    compiled = speedups()
+    if compiled is not None and (check is _future_wait_blocks or check is _semaphore_acquire_blocks):
+        # The to_thread path: the compiled twin answers a done future and acquire(timeout=0)
+        # without a Python frame, and hands every other call to the wrapper above.
+        kind, data = (_GUARD_DONE, _FUTURE_DONE) if check is _future_wait_blocks else (_GUARD_NO_WAIT, None)
+        return _compiled_guard(compiled, original, kind, data, wrapper)
     return wrapper
+
+
+#: ``_speedups.CallGuard`` kinds (see _speedups.c).
+_GUARD_DONE, _GUARD_NO_WAIT, _GUARD_STDLIB_CALLER = 1, 2, 3
+
+
+def _compiled_guard(compiled: Any, original: Callable[..., Any], kind: int, data: Any, slow: Callable[..., Any]) -> Any:
+    """``_speedups.CallGuard`` around *original*: *slow* (the Python wrapper, or for a
+    lock factory the rest of it) decides every call the guard cannot answer alone."""
+    guard = compiled.CallGuard(original, kind, data if data is not None else frozenset(), slow)
+    try:
+        functools.update_wrapper(guard, original)
+    except (AttributeError, TypeError):  # pragma: no cover - exotic callables
+        pass
+    return guard
 
 
 # -- checks: will this call block? (run only on the loop thread, while the loop runs) ---
@@ -794,7 +815,18 @@ def _lock_factory(name: str, original: Callable[..., Any]) -> Callable[..., Any]
         functools.update_wrapper(factory, original)
     except (AttributeError, TypeError):  # pragma: no cover
         pass
-    return factory
+    compiled = speedups()
+    if compiled is None:
+        return factory
+
+    def watch(lock: Any) -> Any:
+        # The guard's slow path: the lock is made; the caller's file is not known to be
+        # the standard library's (the guard has no frame, so the caller is one up).
+        if _probe is not None and is_user_file(sys._getframe(1).f_code.co_filename):
+            return WatchedLock(lock, name)
+        return lock
+
+    return _compiled_guard(compiled, original, _GUARD_STDLIB_CALLER, _user_file_cache, watch)
 
 
 # -- sqlite3 ------------------------------------------------------------------------------

@@ -304,3 +304,139 @@ def test_compiled_socket_guard_matches_the_python_wrapper(probe: Any, calls: lis
     finally:
         for sock in (*pair, selves["timeout"]):
             sock.close()
+
+
+# -- the to_thread path's guards (CallGuard) -------------------------------------------------
+def _twins(name: str, original: Any, check: Any) -> tuple[Any, Any]:
+    """The Python wrapper and its compiled twin for one ``no_blocking`` target."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(patches, "speedups", lambda: None)
+        python = patches._function_wrapper(name, original, check)
+    compiled = patches._function_wrapper(name, original, check)
+    assert type(python) is types.FunctionType and type(compiled) is _speedups.CallGuard
+    assert compiled.__wrapped__ is original and compiled.__name__ == original.__name__
+    return python, compiled
+
+
+_MISSING = object()
+_BLOCKING = [_MISSING, True, False, 0, 1, None]
+_TIMEOUTS = [_MISSING, None, 0, 0.0, -1, -0.5, 0.01, 10**30, -(10**30), "soon"]
+
+
+@needs_speedups
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    calls=st.lists(
+        st.tuples(
+            st.booleans(),  # the semaphore has a free slot
+            st.sampled_from(_BLOCKING),
+            st.sampled_from(_TIMEOUTS),
+            st.sampled_from(["positional", "keyword", "mixed", "stray keyword"]),
+        ),
+        min_size=1,
+        max_size=8,
+    )
+)
+def test_compiled_semaphore_guard_matches_the_python_wrapper(probe: Any, calls: list[tuple[Any, ...]]) -> None:
+    """``Semaphore.acquire``: same results, same errors, same blocking calls reported."""
+    import threading
+
+    python, compiled = _twins("threading.Semaphore.acquire", threading.Semaphore.acquire, patches._semaphore_acquire_blocks)
+
+    def outcome(wrapper: Any, free: bool, blocking: Any, timeout: Any, how: str) -> Any:
+        values = [("blocking", blocking), ("timeout", timeout)]
+        given_values = [(k, v) for k, v in values if v is not _MISSING]
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        if how == "positional" and (blocking is not _MISSING or timeout is _MISSING):
+            args += [v for _, v in given_values]
+        elif how == "mixed" and given_values:
+            args.append(given_values[0][1])  # (a timeout alone then lands on blocking)
+            kwargs.update(given_values[1:])
+        else:
+            kwargs.update(given_values)
+        if how == "stray keyword":
+            kwargs["extra"] = 1
+        # What the call means once bound: an empty semaphore with no finite timeout would
+        # wait for ever, so such a call gets a free slot.
+        bound_blocking = args[0] if args else kwargs.get("blocking", True)
+        bound_timeout = args[1] if len(args) > 1 else kwargs.get("timeout")
+        if bound_blocking and (bound_timeout is None or bound_timeout == 10**30):
+            free = True
+        args.insert(0, threading.Semaphore(1 if free else 0))
+        before = len(probe.calls)
+        try:
+            result: Any = wrapper(*args, **kwargs)
+        except (TypeError, ValueError) as exc:
+            result = type(exc)
+        return result, probe.calls[before:]
+
+    def body() -> None:
+        for call in calls:
+            assert outcome(compiled, *call) == outcome(python, *call)
+
+    on_loop(probe, body)
+
+
+@needs_speedups
+@pytest.mark.parametrize("method", ["result", "exception"])
+def test_compiled_future_guard_matches_the_python_wrapper(probe: Any, method: str) -> None:
+    """``concurrent.futures.Future.result/exception``: a done future goes straight through;
+    a pending one is the Python wrapper's, which reports the wait."""
+    from concurrent.futures import Future, TimeoutError as FutureTimeout
+
+    original = getattr(Future, method)
+    python, compiled = _twins(f"concurrent.futures.Future.{method}", original, patches._future_wait_blocks)
+
+    def futures() -> list[tuple[str, Any]]:
+        done, failed, cancelled, pending = Future(), Future(), Future(), Future()
+        done.set_result(7)
+        failed.set_exception(KeyError("k"))
+        cancelled.cancel()
+        odd = SimpleNamespace(done=lambda: True)  # no _state: the wrapper asks done()
+        return [("done", done), ("failed", failed), ("cancelled", cancelled), ("pending", pending), ("odd", odd)]
+
+    def outcome(wrapper: Any, future: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        before = len(probe.calls)
+        try:
+            result: Any = wrapper(future, *args, **kwargs)
+            if isinstance(result, BaseException):
+                result = type(result)
+        except BaseException as exc:  # noqa: BLE001 - compared, not swallowed
+            result = type(exc)
+        return result, probe.calls[before:]
+
+    shapes: list[tuple[tuple[Any, ...], dict[str, Any]]] = [((), {}), ((0,), {}), ((), {"timeout": 0.01}), ((0.01,), {}), ((1, 2), {})]
+
+    def body() -> None:
+        for (label, future), (python_future_label, python_future) in zip(futures(), futures()):
+            for args, kwargs in shapes:
+                if label == "pending" and not args and not kwargs:
+                    continue  # no timeout: it would wait for ever
+                got = outcome(compiled, future, args, kwargs)
+                want = outcome(python, python_future, args, kwargs)
+                assert got == want, (label, args, kwargs)
+                if label == "pending" and (args == (0.01,) or kwargs):
+                    assert got == (FutureTimeout, [f"concurrent.futures.Future.{method}"])
+
+    on_loop(probe, body)
+
+
+@needs_speedups
+def test_compiled_lock_factory_watches_only_the_users_locks(probe: Any) -> None:
+    """The RLock factory's guard: a lock made by the standard library (a Condition) is the
+    real one, with no Python frame; a lock made here, in the user's code, is watched."""
+    import threading
+
+    factory = patches._lock_factory("threading.RLock.acquire", patches._real_rlock)
+    assert type(factory) is _speedups.CallGuard and factory.__wrapped__ is patches._real_rlock
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(threading, "RLock", factory)
+        condition = threading.Condition()  # makes its lock in threading.py
+        assert type(condition._lock) is type(patches._real_rlock())
+        mine = factory()
+        again = factory()
+    assert type(mine) is patches.WatchedLock and type(again) is patches.WatchedLock
+    assert patches._user_file_cache[threading.__file__] is False  # answered in C from now on
+    with mine:
+        assert mine._is_owned()

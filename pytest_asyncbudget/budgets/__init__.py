@@ -18,10 +18,12 @@ import pytest
 from ..units import UnitError
 from . import blocking, lag, leaks, rss
 
-__all__ = ["MODULES", "Plan", "budget_error", "call_marker", "defaults", "plan_for"]
+__all__ = ["BY_NAME", "MODULES", "Plan", "budget_error", "call_marker", "defaults", "plan_for"]
 
 #: Every budget module, in the order their verdicts are shown.
 MODULES: tuple[ModuleType, ...] = (lag, blocking, rss, leaks)
+#: Budget name -> its module.
+BY_NAME: dict[str, ModuleType] = {module.NAME: module for module in MODULES}
 
 
 @dataclass
@@ -85,7 +87,5 @@ def plan_for(
 
 
 def module_for(name: str) -> ModuleType:
-    for module in MODULES:
-        if module.NAME == name:
-            return module
-    raise KeyError(name)
+    """The module of the budget called *name* (KeyError for an unknown name)."""
+    return BY_NAME[name]

@@ -72,8 +72,27 @@ class Verdict:
     phase: str
     passed: bool
     #: One line, e.g. ``"max_loop_lag exceeded: loop blocked 203.4 ms > budget 50 ms (call)"``.
+    #: A judge may pass a function of no arguments instead: the line is then written on
+    #: first read. Most verdicts pass and nobody reads them (no report asked for), so
+    #: formatting their numbers at every phase of every test would be wasted.
     headline: str
     #: The measured value in the budget's unit (seconds, bytes, count).
     measured: float | None = None
     limit: float | None = None
     findings: list[Finding] = field(default_factory=list)
+
+
+def _get_headline(verdict: Verdict) -> str:
+    text = verdict.__dict__["_headline"]
+    if not isinstance(text, str):
+        text = verdict.__dict__["_headline"] = text()
+    return text
+
+
+def _set_headline(verdict: Verdict, text: str | Callable[[], str]) -> None:
+    verdict.__dict__["_headline"] = text
+
+
+# Set after the dataclass is made, so ``Verdict(headline=...)`` stays a plain field of
+# __init__, __repr__ and __eq__ while reads and writes go through the property.
+Verdict.headline = property(_get_headline, _set_headline)  # type: ignore[assignment]

@@ -84,37 +84,41 @@ def make_probe(budget: RssBudget | None, context: ProbeContext) -> RssProbe:
 def judge(budget: RssBudget | None, m: RssMeasurement) -> Verdict:
     absolute = budget is not None and budget.absolute
     value = m.peak if absolute else m.growth
-    earlier = None if m.earlier_peak is None else (m.earlier_peak if absolute else m.earlier_peak - m.baseline)
-    at_least = "" if m.exact else "at least "
-    what = f"peak RSS {at_least}{format_size(m.peak)}" if absolute else f"RSS grew {at_least}{format_size(m.growth)}"
-    where = f"({m.phase})"
     if budget is None:
-        return Verdict(
-            budget=NAME,
-            phase=m.phase,
-            passed=True,
-            headline=f"max_rss: {what}, peak {format_size(m.peak)} {where}",
-            measured=value,
-        )
+        return Verdict(budget=NAME, phase=m.phase, passed=True, headline=lambda: _headline(None, m, ""), measured=value)
     limit = budget.limit
-    kind = " absolute" if absolute else ""
+    earlier = None if m.earlier_peak is None else (m.earlier_peak if absolute else m.earlier_peak - m.baseline)
     if value <= limit:
-        passed, headline = True, f"max_rss ok: {what} <= budget{kind} {budget.describe()} {where}"
+        passed, word = True, "ok"
     elif earlier is not None and earlier > limit:
-        # Already failed in an earlier phase of this test: say so once, not again here.
-        passed, headline = True, f"max_rss: still over budget{kind} {budget.describe()}, reported in an earlier phase {where}"
+        passed, word = True, "still"  # already failed in an earlier phase: said once, not again
     else:
-        passed, headline = False, f"max_rss exceeded: {what} > budget{kind} {budget.describe()} {where}"
-    findings = [] if passed else [_finding(budget, m)]
+        passed, word = False, "exceeded"
     return Verdict(
         budget=NAME,
         phase=m.phase,
         passed=passed,
-        headline=headline,
+        # Written when read: most phases pass and their line is never shown.
+        headline=(lambda: _headline(budget, m, word)) if passed else _headline(budget, m, word),
         measured=value,
         limit=limit,
-        findings=findings,
+        findings=[] if passed else [_finding(budget, m)],
     )
+
+
+def _headline(budget: RssBudget | None, m: RssMeasurement, word: str) -> str:
+    absolute = budget is not None and budget.absolute
+    at_least = "" if m.exact else "at least "
+    what = f"peak RSS {at_least}{format_size(m.peak)}" if absolute else f"RSS grew {at_least}{format_size(m.growth)}"
+    where = f"({m.phase})"
+    if budget is None:
+        return f"max_rss: {what}, peak {format_size(m.peak)} {where}"
+    kind = " absolute" if absolute else ""
+    if word == "ok":
+        return f"max_rss ok: {what} <= budget{kind} {budget.describe()} {where}"
+    if word == "still":
+        return f"max_rss: still over budget{kind} {budget.describe()}, reported in an earlier phase {where}"
+    return f"max_rss exceeded: {what} > budget{kind} {budget.describe()} {where}"
 
 
 def _finding(budget: RssBudget, m: RssMeasurement) -> Finding:
