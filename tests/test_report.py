@@ -293,3 +293,64 @@ def test_to_data_rules():
     assert to_data(math.inf) is None and to_data(float("nan")) is None
     assert to_data({1: (2, 3)}) == {"1": [2, 3]}
     assert to_data(object()).startswith("<object object")
+
+
+# -- what the session keeps of each test (pack / unpack) -----------------------------------
+def _json_data(value):
+    """*value* as strict JSON data, as an entry's values are."""
+    return json.loads(json.dumps(to_data(value), allow_nan=False))
+
+
+_atoms = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False, allow_infinity=False), st.text())
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    budgets=st.dictionaries(
+        st.sampled_from(["max_loop_lag", "no_blocking", "max_rss", "no_leaked_tasks", "future_budget"]),
+        st.fixed_dictionaries(
+            {
+                "unit": st.sampled_from(["s", "bytes", "count", ""]),
+                "budget": _values.map(_json_data),
+                "limit": _atoms,
+                "measured": _atoms,
+                "used": _atoms,
+                "verdict": st.sampled_from(["passed", "failed", "measured", "not_measured"]),
+                "phase": st.sampled_from(["setup", "call", "teardown", None]),
+                "culprit": st.one_of(st.none(), st.fixed_dictionaries({"location": st.text(), "function": st.text()})),
+                "gate": st.sampled_from([None, "enforced", "observed", "allowed"]),
+                "baseline": st.sampled_from([None, "new", "grown", "unchanged"]),
+                "phases": st.dictionaries(st.sampled_from(["setup", "call", "teardown"]), _values.map(_json_data)),
+            }
+        ),
+    ),
+    loop=st.sampled_from([None, "asyncio", "uvloop"]),
+)
+def test_packed_entries_come_back_unchanged(budgets, loop):
+    """The session keeps each entry packed; unpacking gives the same entry."""
+    from pytest_asyncbudget.present.report import pack, unpack
+
+    entry = {"id": "t.py::test[x]", "loop": loop, "outcome": "passed", "budgets": budgets}
+    assert unpack(pack(entry)) == entry
+
+
+def test_packing_knows_every_key_of_a_real_entry():
+    """pack() spells the entry's keys out: an entry key it does not know fails here."""
+    import gc
+
+    from pytest_asyncbudget.budgets.base import Verdict
+    from pytest_asyncbudget.gating import Gate
+    from pytest_asyncbudget.present.report import pack, test_entry, unpack
+    from pytest_asyncbudget.record import TestRecord
+
+    record = TestRecord(nodeid="t.py::test", loop="asyncio", budgets={"max_loop_lag": 0.05, "max_rss": None})
+    record.verdicts.append(Verdict("max_loop_lag", "call", False, "over", measured=0.2, limit=0.05))
+    record.verdicts.append(Verdict("max_rss", "call", True, lambda: "ok", measured=10.0))
+    for detail in (False, True):
+        entry = test_entry(record, Gate(), detail=detail)
+        packed = pack(entry)
+        assert unpack(packed) == json.loads(json.dumps(entry))
+        # Only atoms and tuples: the garbage collector stops tracking it.
+        for _ in range(3):  # a tuple is untracked once the tuples in it are: one level a pass
+            gc.collect()
+        assert not gc.is_tracked(packed)

@@ -7,7 +7,7 @@ it. Under pytest-xdist, each worker serializes that entry onto the test's teardo
 (an extra report attribute, which pytest's own report serialization carries to the
 controller); the controller's :meth:`Results.collect` picks it up. Without xdist the
 entry is made when the test ends, in the same way. Both paths keep the same entries (as
-JSON text), keyed by test id, so a test appears exactly once whichever way it ran.
+packed into tuples), keyed by test id, so a test appears exactly once whichever way it ran.
 
 The report's layout is versioned (``"schema": "asyncbudget-report/1"``) and described by
 the JSON Schema shipped next to this package, ``report-schema.json``.
@@ -272,7 +272,7 @@ def _budget_entry(record: TestRecord, name: str, verdicts: list[Verdict], gate: 
     used = measured / limit if measured is not None and limit else None
     return {
         "unit": info.unit,
-        "budget": to_data(budget),
+        "budget": _budget_data(budget),
         "limit": limit,
         "measured": measured,
         "used": used,
@@ -283,6 +283,23 @@ def _budget_entry(record: TestRecord, name: str, verdicts: list[Verdict], gate: 
         "baseline": gate.baseline_status(record.nodeid, name, verdict_word, measured),
         "phases": phases,
     }
+
+
+#: id(budget) -> (the budget, its data): most tests share their budget objects (a
+#: session default is one object), so each is converted once. The budget is kept, so
+#: its id stays its own.
+_budget_cache: dict[int, tuple[Any, Any]] = {}
+#: id(a budget's data) -> (the data, its JSON text), for :func:`pack`.
+_budget_texts: dict[int, tuple[Any, str]] = {}
+
+
+def _budget_data(budget: Any) -> Any:
+    cached = _budget_cache.get(id(budget))
+    if cached is None or cached[0] is not budget:
+        data = to_data(budget)
+        cached = _budget_cache[id(budget)] = (budget, data)
+        _budget_texts[id(data)] = (data, json.dumps(data))
+    return cached[1]
 
 
 def test_entry(record: TestRecord, gate: Gate, detail: bool = True) -> dict[str, Any]:
@@ -299,6 +316,63 @@ def test_entry(record: TestRecord, gate: Gate, detail: bool = True) -> dict[str,
         if verdicts or name in record.not_measured:
             budgets[name] = _budget_entry(record, name, verdicts, gate, detail)
     return {"id": record.nodeid, "loop": record.loop, "outcome": record.outcome, "budgets": budgets}
+
+
+# -- entries kept until the session ends --------------------------------------------------
+def _text(value: Any) -> Any:
+    """A value that may be a container, as :func:`pack` keeps it: None and numbers as
+    they are, anything else as JSON text (a budget's is made once)."""
+    kind = type(value)
+    if value is None or kind is int or kind is float or kind is bool:
+        return value
+    known = _budget_texts.get(id(value))
+    if known is not None and known[0] is value:
+        return known[1]
+    return json.dumps(value)
+
+
+def _value(text: Any) -> Any:
+    return json.loads(text) if type(text) is str else text
+
+
+def pack(entry: Mapping[str, Any]) -> tuple[Any, ...]:
+    """A test entry as a tuple of strings, numbers and tuples of them.
+
+    That is what the session keeps of each test until the end. The garbage collector
+    stops tracking such a tuple after its first pass, so thousands of them cost
+    collections nothing, and it is cheaper to make than JSON text. Values that may be
+    containers (``budget``, ``culprit``, ``phases``) are kept as JSON text.
+    :func:`unpack` gives the entry back.
+    """
+    rows = []
+    for name, b in entry["budgets"].items():
+        rows.append(
+            (
+                name, b["unit"], _text(b["budget"]), b["limit"], b["measured"], b["used"], b["verdict"],
+                b["phase"], _text(b["culprit"]), b["gate"], b["baseline"], json.dumps(b["phases"]) if b["phases"] else None,
+            )
+        )  # fmt: skip
+    return (entry["id"], entry["loop"], entry["outcome"], tuple(rows))
+
+
+def unpack(packed: tuple[Any, ...]) -> dict[str, Any]:
+    """The entry :func:`pack` was given (made afresh at each call)."""
+    budgets: dict[str, Any] = {}
+    for name, unit, budget, limit, measured, used, verdict, phase, culprit, gate, baseline, phases in packed[3]:
+        budgets[name] = {
+            "unit": unit,
+            "budget": _value(budget),
+            "limit": limit,
+            "measured": measured,
+            "used": used,
+            "verdict": verdict,
+            "phase": phase,
+            "culprit": _value(culprit),
+            "gate": gate,
+            "baseline": baseline,
+            "phases": {} if phases is None else json.loads(phases),
+        }
+    return {"id": packed[0], "loop": packed[1], "outcome": packed[2], "budgets": budgets}
 
 
 # -- JUnit XML -----------------------------------------------------------------------------
@@ -457,11 +531,12 @@ class Results:
         self.junit = bool(getattr(config.option, "xmlpath", None))
         self.write_error: str | None = None
         self.written: str | None = None
-        #: Test id -> its entry, as JSON text: made when the test ends (here or on an
-        #: xdist worker). Text, not the record or the entry's dicts: the garbage collector
-        #: does not walk strings, and a session of thousands of tests would otherwise slow
-        #: every collection down (about 0.3 ms per test over 1,000 trivial tests).
-        self._entries: dict[str, str] = {}
+        #: Test id -> its entry, packed (see :func:`pack`): made when the test ends (here
+        #: or on an xdist worker). Packed, not the record or the entry's dicts: the garbage
+        #: collector stops walking such tuples, and a session of thousands of tests would
+        #: otherwise slow every collection down (about 0.3 ms per test over 1,000 trivial
+        #: tests).
+        self._entries: dict[str, tuple[Any, ...]] = {}
         self._remote_errors: list[tuple[str, str]] = []
         self._sent_errors = 0
         self._tests: list[dict[str, Any]] | None = None
@@ -473,7 +548,7 @@ class Results:
         try:
             entry = test_entry(record, self.gate, detail=self.report_on)
             if not self.is_worker:
-                self._entries[record.nodeid] = json.dumps(entry)
+                self._entries[record.nodeid] = pack(entry)
             if self.junit:
                 props = junit_properties(entry)
                 item.user_properties.extend(props)
@@ -499,7 +574,7 @@ class Results:
         try:
             data = json.loads(payload)
             entry = data["test"]
-            self._entries[entry["id"]] = json.dumps(entry)
+            self._entries[entry["id"]] = pack(entry)
             for where, text in data.get("errors", ()):
                 self.errors.record(f"{where} (on a worker)", text)
             self._tests = None
@@ -510,7 +585,7 @@ class Results:
         """Every test's entry, each exactly once (keyed by test id)."""
         if self._tests is None:
             entries = self._entries
-            self._tests = [json.loads(entries[nodeid]) for nodeid in sorted(entries)]  # the same order with xdist
+            self._tests = [unpack(entries[nodeid]) for nodeid in sorted(entries)]  # the same order with xdist
         return self._tests
 
     def write(self, exitstatus: int | None, defaults: Mapping[str, Any], errors: Iterable[tuple[str, str]]) -> None:
