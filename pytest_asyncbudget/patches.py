@@ -371,7 +371,7 @@ def _function_wrapper(name: str, original: Callable[..., Any], check: Callable[.
         functools.update_wrapper(wrapper, original)
     except (AttributeError, TypeError):  # pragma: no cover - exotic callables
         pass
-    compiled = speedups()
+    compiled = _call_guards()
     if compiled is not None and (check is _future_wait_blocks or check is _semaphore_acquire_blocks):
         # The to_thread path: the compiled twin answers a done future and acquire(timeout=0)
         # without a Python frame, and hands every other call to the wrapper above.
@@ -382,6 +382,13 @@ def _function_wrapper(name: str, original: Callable[..., Any], check: Callable[.
 
 #: ``_speedups.CallGuard`` kinds (see _speedups.c).
 _GUARD_DONE, _GUARD_NO_WAIT, _GUARD_STDLIB_CALLER = 1, 2, 3
+
+
+def _call_guards() -> Any:
+    """The compiled module when it has ``CallGuard`` (an extension built from an older
+    checkout, as an editable install can keep, has not: the Python wrappers then serve)."""
+    compiled = speedups()
+    return compiled if compiled is not None and hasattr(compiled, "CallGuard") else None
 
 
 def _compiled_guard(compiled: Any, original: Callable[..., Any], kind: int, data: Any, slow: Callable[..., Any]) -> Any:
@@ -815,7 +822,7 @@ def _lock_factory(name: str, original: Callable[..., Any]) -> Callable[..., Any]
         functools.update_wrapper(factory, original)
     except (AttributeError, TypeError):  # pragma: no cover
         pass
-    compiled = speedups()
+    compiled = _call_guards()
     if compiled is None:
         return factory
 

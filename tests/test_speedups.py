@@ -185,6 +185,13 @@ def test_pure_python_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     wrapper = patches._socket_positional_wrapper("socket.socket.recv", _socket.socket.recv)
     assert type(wrapper) is (types.FunctionType if _speedups is None else _speedups.SocketGuard)
     assert wrapper.__wrapped__ is _socket.socket.recv and wrapper.__name__ == "recv"
+    factory = patches._lock_factory("threading.RLock.acquire", patches._real_rlock)
+    assert type(factory) is (types.FunctionType if _speedups is None else _speedups.CallGuard)
+    monkeypatch.setattr(accel, "_MODULE", None)
+    monkeypatch.setenv("ASYNCBUDGET_PURE_PYTHON", "1")
+    assert type(patches._lock_factory("threading.RLock.acquire", patches._real_rlock)) is types.FunctionType
+    monkeypatch.setattr(accel, "_MODULE", None)
+    monkeypatch.delenv("ASYNCBUDGET_PURE_PYTHON")
 
 
 _E2E = """
@@ -310,9 +317,10 @@ def test_compiled_socket_guard_matches_the_python_wrapper(probe: Any, calls: lis
 def _twins(name: str, original: Any, check: Any) -> tuple[Any, Any]:
     """The Python wrapper and its compiled twin for one ``no_blocking`` target."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(patches, "speedups", lambda: None)
+        mp.setattr(patches, "_call_guards", lambda: None)
         python = patches._function_wrapper(name, original, check)
-    compiled = patches._function_wrapper(name, original, check)
+        mp.setattr(patches, "_call_guards", lambda: _speedups)  # (even under ASYNCBUDGET_PURE_PYTHON)
+        compiled = patches._function_wrapper(name, original, check)
     assert type(python) is types.FunctionType and type(compiled) is _speedups.CallGuard
     assert compiled.__wrapped__ is original and compiled.__name__ == original.__name__
     return python, compiled
@@ -428,7 +436,9 @@ def test_compiled_lock_factory_watches_only_the_users_locks(probe: Any) -> None:
     real one, with no Python frame; a lock made here, in the user's code, is watched."""
     import threading
 
-    factory = patches._lock_factory("threading.RLock.acquire", patches._real_rlock)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(patches, "_call_guards", lambda: _speedups)  # (even under ASYNCBUDGET_PURE_PYTHON)
+        factory = patches._lock_factory("threading.RLock.acquire", patches._real_rlock)
     assert type(factory) is _speedups.CallGuard and factory.__wrapped__ is patches._real_rlock
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(threading, "RLock", factory)
@@ -440,3 +450,15 @@ def test_compiled_lock_factory_watches_only_the_users_locks(probe: Any) -> None:
     assert patches._user_file_cache[threading.__file__] is False  # answered in C from now on
     with mine:
         assert mine._is_owned()
+
+
+def test_an_extension_without_callguard_falls_back_to_python(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An extension built from an older checkout (an editable install keeps it) has no
+    CallGuard: the to_thread path's wrappers are then the Python ones, not an error."""
+    import threading
+
+    monkeypatch.setattr(patches, "speedups", lambda: SimpleNamespace(SocketGuard=None))
+    assert patches._call_guards() is None
+    assert type(patches._lock_factory("threading.RLock.acquire", patches._real_rlock)) is types.FunctionType
+    wrapper = patches._function_wrapper("threading.Semaphore.acquire", threading.Semaphore.acquire, patches._semaphore_acquire_blocks)
+    assert type(wrapper) is types.FunctionType
