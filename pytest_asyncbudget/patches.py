@@ -789,8 +789,13 @@ class _LockTypeStandIn(type):
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
         lock = cls._original(*args, **kwargs)
-        if _probe is not None and is_user_file(sys._getframe(1).f_code.co_filename):
-            return WatchedLock(lock, cls._name)
+        if _probe is not None:
+            try:
+                caller = sys._getframe(1)
+            except ValueError:  # called from C with no Python frame: not the user's code
+                return lock
+            if is_user_file(caller.f_code.co_filename):
+                return WatchedLock(lock, cls._name)
         return lock
 
     def __instancecheck__(cls, obj: Any) -> bool:
@@ -812,7 +817,10 @@ def _lock_factory(name: str, original: Callable[..., Any]) -> Callable[..., Any]
         if _probe is not None:
             # (is_user_file's cache read inline: every Condition and executor Future
             # makes a lock here, from the standard library)
-            filename = sys._getframe(1).f_code.co_filename
+            try:
+                filename = sys._getframe(1).f_code.co_filename
+            except ValueError:  # called from C with no Python frame: not the user's code
+                return lock
             user = _user_file_cache.get(filename)
             if user or (user is None and is_user_file(filename)):
                 return WatchedLock(lock, name)
@@ -829,8 +837,13 @@ def _lock_factory(name: str, original: Callable[..., Any]) -> Callable[..., Any]
     def watch(lock: Any) -> Any:
         # The guard's slow path: the lock is made; the caller's file is not known to be
         # the standard library's (the guard has no frame, so the caller is one up).
-        if _probe is not None and is_user_file(sys._getframe(1).f_code.co_filename):
-            return WatchedLock(lock, name)
+        if _probe is not None:
+            try:
+                caller = sys._getframe(1)
+            except ValueError:  # called from C with no Python frame: not the user's code
+                return lock
+            if is_user_file(caller.f_code.co_filename):
+                return WatchedLock(lock, name)
         return lock
 
     return _compiled_guard(compiled, original, _GUARD_STDLIB_CALLER, _user_file_cache, watch)

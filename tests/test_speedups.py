@@ -462,3 +462,36 @@ def test_an_extension_without_callguard_falls_back_to_python(monkeypatch: pytest
     assert type(patches._lock_factory("threading.RLock.acquire", patches._real_rlock)) is types.FunctionType
     wrapper = patches._function_wrapper("threading.Semaphore.acquire", threading.Semaphore.acquire, patches._semaphore_acquire_blocks)
     assert type(wrapper) is types.FunctionType
+
+
+@pytest.mark.parametrize("kind", ["compiled", "python", "lock type (3.13+)"])
+def test_lock_factory_called_with_no_python_frame(probe: Any, monkeypatch: pytest.MonkeyPatch, kind: str) -> None:
+    """A lock asked for from C with no Python frame at all (here: the factory is a
+    thread's own target, called by the interpreter's thread bootstrap) is the real one,
+    not an error."""
+    import _thread
+    import sys
+    import time
+
+    if kind == "compiled" and _speedups is None:
+        pytest.skip("the C extension is not built here")
+    if kind == "lock type (3.13+)" and not isinstance(patches._real_lock, type):
+        pytest.skip("threading.Lock is a function before 3.13")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(patches, "_call_guards", lambda: _speedups if kind == "compiled" else None)
+        original = _thread.RLock if kind != "lock type (3.13+)" else patches._real_lock
+        factory = patches._lock_factory("threading.RLock.acquire", original)
+    errors: list[Any] = []
+    monkeypatch.setattr(sys, "unraisablehook", errors.append)  # where such a thread's error goes
+    before = _thread._count()
+    _thread.start_new_thread(factory, ())
+    # Nothing can tell when the thread has run (any wrapper would be a Python frame):
+    # wait until it has come and gone, or for a second if it was too quick to be seen.
+    seen, deadline = False, time.monotonic() + 1
+    while time.monotonic() < deadline and not errors:
+        running = _thread._count() > before
+        seen = seen or running
+        if seen and not running:
+            break
+        time.sleep(0.001)
+    assert [e.exc_value for e in errors] == []
