@@ -375,7 +375,7 @@ def _function_wrapper(name: str, original: Callable[..., Any], check: Callable[.
     if compiled is not None and (check is _future_wait_blocks or check is _semaphore_acquire_blocks):
         # The to_thread path: the compiled twin answers a done future and acquire(timeout=0)
         # without a Python frame, and hands every other call to the wrapper above.
-        kind, data = (_GUARD_DONE, _FUTURE_DONE) if check is _future_wait_blocks else (_GUARD_NO_WAIT, None)
+        kind, data = (_GUARD_DONE, _FUTURE_DONE) if check is _future_wait_blocks else (_GUARD_NO_WAIT, frozenset())
         return _compiled_guard(compiled, original, kind, data, wrapper)
     return wrapper
 
@@ -394,7 +394,7 @@ def _call_guards() -> Any:
 def _compiled_guard(compiled: Any, original: Callable[..., Any], kind: int, data: Any, slow: Callable[..., Any]) -> Any:
     """``_speedups.CallGuard`` around *original*: *slow* (the Python wrapper, or for a
     lock factory the rest of it) decides every call the guard cannot answer alone."""
-    guard = compiled.CallGuard(original, kind, data if data is not None else frozenset(), slow)
+    guard = compiled.CallGuard(original, kind, data, slow)
     try:
         functools.update_wrapper(guard, original)
     except (AttributeError, TypeError):  # pragma: no cover - exotic callables
@@ -776,6 +776,19 @@ class WatchedLock:
         return repr(self._lock)
 
 
+def _watched_if_users(lock: Any, name: str, depth: int = 1) -> Any:
+    """*lock*, as a :class:`WatchedLock` when the code *depth* frames up from here (the
+    code that asked for it) is the user's, during a budgeted phase."""
+    if _probe is not None:
+        try:
+            caller = sys._getframe(depth)
+        except ValueError:  # asked for from C with no Python frame: not the user's code
+            return lock
+        if is_user_file(caller.f_code.co_filename):
+            return WatchedLock(lock, name)
+    return lock
+
+
 class _LockTypeStandIn(type):
     """Stand-in for ``threading.Lock`` where it is a type (3.13+): ``isinstance`` keeps working.
 
@@ -788,15 +801,7 @@ class _LockTypeStandIn(type):
     _name: str
 
     def __call__(cls, *args: Any, **kwargs: Any) -> Any:
-        lock = cls._original(*args, **kwargs)
-        if _probe is not None:
-            try:
-                caller = sys._getframe(1)
-            except ValueError:  # called from C with no Python frame: not the user's code
-                return lock
-            if is_user_file(caller.f_code.co_filename):
-                return WatchedLock(lock, cls._name)
-        return lock
+        return _watched_if_users(cls._original(*args, **kwargs), cls._name, 2)
 
     def __instancecheck__(cls, obj: Any) -> bool:
         if isinstance(obj, WatchedLock):
@@ -833,19 +838,10 @@ def _lock_factory(name: str, original: Callable[..., Any]) -> Callable[..., Any]
     compiled = _call_guards()
     if compiled is None:
         return factory
-
-    def watch(lock: Any) -> Any:
-        # The guard's slow path: the lock is made; the caller's file is not known to be
-        # the standard library's (the guard has no frame, so the caller is one up).
-        if _probe is not None:
-            try:
-                caller = sys._getframe(1)
-            except ValueError:  # called from C with no Python frame: not the user's code
-                return lock
-            if is_user_file(caller.f_code.co_filename):
-                return WatchedLock(lock, name)
-        return lock
-
+    # The guard's slow path gets the lock it made, when the caller's file is not known to
+    # be the standard library's. Neither the guard nor a partial is a Python frame, so
+    # the caller is one up from _watched_if_users.
+    watch = functools.partial(_watched_if_users, name=name, depth=1)
     return _compiled_guard(compiled, original, _GUARD_STDLIB_CALLER, _user_file_cache, watch)
 
 
