@@ -181,6 +181,53 @@ def test_probe_error_never_flips_a_result(suite):
     assert result.stdout.str().count("RuntimeError: simulated probe bug") == 1
 
 
+def test_judge_error_never_flips_a_result(suite, tmp_path):
+    """A budget module's judge that raises is reported once under its own name; the
+    test keeps its outcome and the budget is "not measured", not passed or failed."""
+    report = tmp_path / "report.json"
+    suite.conftest(
+        """
+        import pytest
+        from pytest_asyncbudget.budgets import lag
+
+        @pytest.fixture(autouse=True, scope="session")
+        def break_the_lag_judge():
+            def explode(budget, measurement):
+                raise RuntimeError("simulated judge bug")
+            original = lag.judge
+            lag.judge = explode
+            yield
+            lag.judge = original
+        """
+    )
+    suite.write(
+        source="""
+        import time, pytest
+
+        @pytest.mark.asyncio
+        @pytest.mark.max_loop_lag("50ms")
+        async def test_blocks():
+            time.sleep(0.1)
+
+        @pytest.mark.asyncio
+        @pytest.mark.max_loop_lag("50ms")
+        async def test_clean():
+            pass
+        """
+    )
+    result = suite.run(f"--asyncbudget-report={report}")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*pytest-asyncbudget internal error in pytest_asyncbudget.budgets.lag.judge*",
+            "*RuntimeError: simulated judge bug*",
+        ]
+    )
+    assert result.stdout.str().count("RuntimeError: simulated judge bug") == 1
+    tests = json.loads(report.read_text())["tests"]
+    assert {t["budgets"]["max_loop_lag"]["verdict"] for t in tests} == {"not_measured"}
+
+
 @pytest.mark.skipif(not isinstance(__import__("threading").Lock, type), reason="threading.Lock is a type from 3.13 on")
 def test_isinstance_of_a_lock_still_works_while_patched(suite):
     suite.write(
