@@ -354,3 +354,27 @@ def test_packing_knows_every_key_of_a_real_entry():
         for _ in range(3):  # a tuple is untracked once the tuples in it are: one level a pass
             gc.collect()
         assert not gc.is_tracked(packed)
+
+
+def test_budget_texts_convert_each_budget_once_and_stay_bounded():
+    """Budget data is cached per budget object, per session (Results), never unbounded."""
+    from pytest_asyncbudget.budgets.leaks import LeakBudget
+    from pytest_asyncbudget.present.report import BudgetTexts, pack, to_data
+
+    texts = BudgetTexts()
+    budget = LeakBudget()
+    data = texts.data(budget)
+    assert data == to_data(budget)
+    assert texts.data(budget) is data  # the same object: converted once
+    assert texts.text(data) == json.dumps(data)
+    assert BudgetTexts().text(data) == json.dumps(data)  # another session has its own
+    entry = {"id": "t", "loop": None, "outcome": "passed", "budgets": {"no_leaked_tasks": {
+        "unit": "", "budget": data, "limit": None, "measured": 0, "used": None, "verdict": "passed",
+        "phase": "teardown", "culprit": None, "gate": None, "baseline": None, "phases": {}}}}  # fmt: skip
+    assert pack(entry, texts) == pack(entry)
+    kept = [LeakBudget() for _ in range(BudgetTexts.LIMIT * 2 + 1)]
+    for each in kept:
+        texts.data(each)
+    assert len(texts._data) <= BudgetTexts.LIMIT
+    assert len(texts._texts) <= BudgetTexts.LIMIT
+    assert texts.data(kept[-1]) == to_data(kept[-1])

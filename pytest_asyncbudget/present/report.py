@@ -248,7 +248,9 @@ def _phases(record: TestRecord, name: str, verdicts: list[Verdict]) -> dict[str,
     return phases
 
 
-def _budget_entry(record: TestRecord, name: str, verdicts: list[Verdict], gate: Gate, detail: bool) -> dict[str, Any]:
+def _budget_entry(
+    record: TestRecord, name: str, verdicts: list[Verdict], gate: Gate, detail: bool, texts: BudgetTexts
+) -> dict[str, Any]:
     info = describe(name)
     budget = record.budgets.get(name)
     phases: dict[str, Any] = {}
@@ -272,7 +274,7 @@ def _budget_entry(record: TestRecord, name: str, verdicts: list[Verdict], gate: 
     used = measured / limit if measured is not None and limit else None
     return {
         "unit": info.unit,
-        "budget": _budget_data(budget),
+        "budget": texts.data(budget),
         "limit": limit,
         "measured": measured,
         "used": used,
@@ -285,74 +287,93 @@ def _budget_entry(record: TestRecord, name: str, verdicts: list[Verdict], gate: 
     }
 
 
-#: id(budget) -> (the budget, its data): most tests share their budget objects (a
-#: session default is one object), so each is converted once. The budget is kept, so
-#: its id stays its own.
-_budget_cache: dict[int, tuple[Any, Any]] = {}
-#: id(a budget's data) -> (the data, its JSON text), for :func:`pack`.
-_budget_texts: dict[int, tuple[Any, str]] = {}
+class BudgetTexts:
+    """Each budget object's report data and its JSON text, made once per object.
+
+    Most tests share their budget objects (a session default is one object), so each is
+    converted once; a marker's budget is parsed per test, so the cache is bounded. One
+    per :class:`Results`, so sessions (and ``pytester`` runs in one process) never share
+    it. Entries keep their budget and data alive, so an id stays their own.
+    """
+
+    #: Entries kept at most; then the cache starts over (cheap: one conversion each).
+    LIMIT = 512
+
+    def __init__(self) -> None:
+        #: id(budget) -> (the budget, its data)
+        self._data: dict[int, tuple[Any, Any]] = {}
+        #: id(a budget's data) -> (the data, its JSON text)
+        self._texts: dict[int, tuple[Any, str]] = {}
+
+    def data(self, budget: Any) -> Any:
+        cached = self._data.get(id(budget))
+        if cached is None or cached[0] is not budget:
+            if len(self._data) >= self.LIMIT:
+                self._data.clear()
+                self._texts.clear()
+            data = to_data(budget)
+            cached = self._data[id(budget)] = (budget, data)
+            self._texts[id(data)] = (data, json.dumps(data))
+        return cached[1]
+
+    def text(self, value: Any) -> Any:
+        """A value that may be a container, as :func:`pack` keeps it: None and numbers as
+        they are, anything else as JSON text (a budget's is made once)."""
+        kind = type(value)
+        if value is None or kind is int or kind is float or kind is bool:
+            return value
+        known = self._texts.get(id(value))
+        if known is not None and known[0] is value:
+            return known[1]
+        return json.dumps(value)
 
 
-def _budget_data(budget: Any) -> Any:
-    cached = _budget_cache.get(id(budget))
-    if cached is None or cached[0] is not budget:
-        data = to_data(budget)
-        cached = _budget_cache[id(budget)] = (budget, data)
-        _budget_texts[id(data)] = (data, json.dumps(data))
-    return cached[1]
-
-
-def test_entry(record: TestRecord, gate: Gate, detail: bool = True) -> dict[str, Any]:
+def test_entry(record: TestRecord, gate: Gate, detail: bool = True, texts: BudgetTexts | None = None) -> dict[str, Any]:
     """One test as plain data: the form the summary, the report and xdist share.
 
     Without *detail*, ``phases`` is left empty: enough for the summary and JUnit
-    properties, at a fraction of the cost.
+    properties, at a fraction of the cost. *texts*: the session's cache of budget data.
     """
+    if texts is None:
+        texts = BudgetTexts()
     by_budget: dict[str, list[Verdict]] = {name: [] for name in record.budgets}
     for verdict in record.verdicts:
         by_budget.setdefault(verdict.budget, []).append(verdict)
     budgets = {}
     for name, verdicts in by_budget.items():
         if verdicts or name in record.not_measured:
-            budgets[name] = _budget_entry(record, name, verdicts, gate, detail)
+            budgets[name] = _budget_entry(record, name, verdicts, gate, detail, texts)
     return {"id": record.nodeid, "loop": record.loop, "outcome": record.outcome, "budgets": budgets}
 
 
 # -- entries kept until the session ends --------------------------------------------------
-def _text(value: Any) -> Any:
-    """A value that may be a container, as :func:`pack` keeps it: None and numbers as
-    they are, anything else as JSON text (a budget's is made once)."""
-    kind = type(value)
-    if value is None or kind is int or kind is float or kind is bool:
-        return value
-    known = _budget_texts.get(id(value))
-    if known is not None and known[0] is value:
-        return known[1]
-    return json.dumps(value)
-
-
 def _value(text: Any) -> Any:
     return json.loads(text) if type(text) is str else text
 
 
-def pack(entry: Mapping[str, Any]) -> tuple[Any, ...]:
+def pack(entry: Mapping[str, Any], texts: BudgetTexts | None = None) -> tuple[Any, ...]:
     """A test entry as a tuple of strings, numbers and tuples of them.
 
     That is what the session keeps of each test until the end. The garbage collector
     stops tracking such a tuple after its first pass, so thousands of them cost
     collections nothing, and it is cheaper to make than JSON text. Values that may be
     containers (``budget``, ``culprit``, ``phases``) are kept as JSON text.
-    :func:`unpack` gives the entry back.
+    :func:`unpack` gives the entry back. *texts*: the cache :func:`test_entry` used.
     """
+    text = (texts or _NO_TEXTS).text
     rows = []
     for name, b in entry["budgets"].items():
         rows.append(
             (
-                name, b["unit"], _text(b["budget"]), b["limit"], b["measured"], b["used"], b["verdict"],
-                b["phase"], _text(b["culprit"]), b["gate"], b["baseline"], json.dumps(b["phases"]) if b["phases"] else None,
+                name, b["unit"], text(b["budget"]), b["limit"], b["measured"], b["used"], b["verdict"],
+                b["phase"], text(b["culprit"]), b["gate"], b["baseline"], json.dumps(b["phases"]) if b["phases"] else None,
             )
         )  # fmt: skip
     return (entry["id"], entry["loop"], entry["outcome"], tuple(rows))
+
+
+#: An empty cache, for :func:`pack` without one (it never fills: only data() adds).
+_NO_TEXTS = BudgetTexts()
 
 
 def unpack(packed: tuple[Any, ...]) -> dict[str, Any]:
@@ -537,6 +558,8 @@ class Results:
         #: otherwise slow every collection down (about 0.3 ms per test over 1,000 trivial
         #: tests).
         self._entries: dict[str, tuple[Any, ...]] = {}
+        #: Budget data converted once per budget object (see :class:`BudgetTexts`).
+        self._texts = BudgetTexts()
         self._remote_errors: list[tuple[str, str]] = []
         self._sent_errors = 0
         self._tests: list[dict[str, Any]] | None = None
@@ -546,9 +569,9 @@ class Results:
         """At the teardown report: keep the entry; add JUnit properties; ship it from a worker."""
         self._tests = None
         try:
-            entry = test_entry(record, self.gate, detail=self.report_on)
+            entry = test_entry(record, self.gate, self.report_on, self._texts)
             if not self.is_worker:
-                self._entries[record.nodeid] = pack(entry)
+                self._entries[record.nodeid] = pack(entry, self._texts)
             if self.junit:
                 props = junit_properties(entry)
                 item.user_properties.extend(props)
