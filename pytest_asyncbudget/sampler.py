@@ -2,6 +2,7 @@
 
 A blocked loop cannot report what blocks it, so another thread looks. The
 :class:`StackSampler` runs one watchdog thread per session. It is started on first use
+(again in a forked child, which inherits the sampler but not its thread)
 with ``_thread.start_new_thread``, so it never shows in ``threading.enumerate()`` and a
 test that counts threads is not disturbed. Between tests that measure lag it waits on an
 event and costs nothing.
@@ -98,7 +99,9 @@ class StackSampler:
         #: (loop thread id, sampling threshold, shortest nap)
         self._settings = (0, 0.0, 0.0)
         self._active = False
-        self._started = False
+        #: The pid the watchdog was started in (0: not started). fork() copies this
+        #: object but not the thread: a child starts its own (see watch).
+        self._pid = 0
         #: An error raised inside the watchdog, reported by the plugin (None if all is well).
         self.error: str | None = None
         #: The watchdog's file-descriptor table: "private", or "shared (why)"; None
@@ -114,21 +117,33 @@ class StackSampler:
         previous = self._settings[1]
         self._settings = (threading.get_ident(), threshold, interval)
         self._target = target
-        if self._active:
+        if self._pid != os.getpid():
+            self._start()
+        elif self._active:
             if threshold < previous:
                 _let_through(self._nap)  # it may be napping for the old, longer threshold
             return
-        if not self._started:
-            self._started = True
-            ready = _thread.allocate_lock()
-            ready.acquire()
-            _thread.start_new_thread(self._run, (ready,))
-            # Wait (once per session, well under a millisecond) for the watchdog to set up
-            # its fd table: that lets go of the GIL, which must not happen while the loop
-            # thread is in a long C call, or the watchdog would miss the end of the call.
-            ready.acquire(True, 1.0)
         self._active = True
         _let_through(self._unpark)
+
+    def _start(self) -> None:
+        """Start the watchdog (once per process: again in a forked child, which has the
+        parent's state but not its thread, and locks in whatever state they were in)."""
+        if self._pid:  # a forked child: start from a clean state
+            self._unpark = _thread.allocate_lock()
+            self._unpark.acquire()
+            self._nap = _thread.allocate_lock()
+            self._nap.acquire()
+            self._active = False
+            self.fd_table = None
+        self._pid = os.getpid()
+        ready = _thread.allocate_lock()
+        ready.acquire()
+        _thread.start_new_thread(self._run, (ready,))
+        # Wait (once per session, well under a millisecond) for the watchdog to set up
+        # its fd table: that lets go of the GIL, which must not happen while the loop
+        # thread is in a long C call, or the watchdog would miss the end of the call.
+        ready.acquire(True, 1.0)
 
     def release(self) -> None:
         """Stop sampling the current target; the watchdog keeps cycling until :meth:`park`."""

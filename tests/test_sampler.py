@@ -221,3 +221,42 @@ def test_a_failing_fd_table_set_up_leaves_a_working_watchdog(monkeypatch):
     assert sampler.fd_table == "shared (ValueError: unexpected)"
     assert target.samples, "the watchdog died with its fd-table set-up"
     assert sampler.error is None
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork here")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # 3.12+: fork() with threads
+def test_a_forked_child_starts_a_watchdog_of_its_own():
+    """fork() copies the sampler, active and all, but not its thread: the child's first
+    watch() starts a watchdog that samples the child's stretches (pytest-forked, say)."""
+    sampler = StackSampler()
+    try:
+        sampler.watch(Target(since=None), threshold=30.0, interval=0.001)  # active in the parent
+        _wait_until(lambda: sampler.fd_table is not None)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: report through the pipe, never return into pytest
+            code = 1
+            try:
+                os.close(r)
+                target = Target(since=time.perf_counter())
+                sampler.watch(target, threshold=0.02, interval=0.001)
+                deadline = time.monotonic() + 5
+                while not target.samples and time.monotonic() < deadline:
+                    time.sleep(0.005)  # the line the sample must name
+                sampler.park()
+                sampled = bool(target.samples) and target.samples[0][1][0][2] == (
+                    "test_a_forked_child_starts_a_watchdog_of_its_own"
+                )
+                os.write(w, b"sampled" if sampled else b"no sample")
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        with os.fdopen(r, "rb") as pipe:
+            said = pipe.read()
+        _, status = os.waitpid(pid, 0)
+    finally:
+        sampler.park()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert said == b"sampled", "the forked child had no watchdog"
+    assert sampler.error is None
