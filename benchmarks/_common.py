@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import resource
@@ -354,6 +355,29 @@ def quantile(xs: list[float], q: float) -> float:
     lo = int(pos)
     hi = min(lo + 1, len(s) - 1)
     return s[lo] + (s[hi] - s[lo]) * (pos - lo)
+
+
+def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float]:
+    """A distribution-free confidence interval for the median of *xs*.
+
+    The order statistics ``x(k)`` and ``x(n+1-k)``, with the largest ``k`` for which the
+    binomial(n, 1/2) chance of fewer than ``k`` values below the median is at most
+    ``(1 - level) / 2``: no assumption about the noise's shape, which on a shared machine
+    is skewed (noise only adds time). Needs 6 or more values for 95%; (nan, nan) if fewer.
+    """
+    n = len(xs)
+    s = sorted(xs)
+    tail = (1.0 - level) / 2
+    k = 0  # 1-based rank of the lower bound; 0: none reaches the level
+    below = 0.0
+    for j in range(n // 2 + 1):
+        below += math.comb(n, j) / 2**n  # P(at most j values below the median)
+        if below > tail:
+            break
+        k = j + 1
+    if k == 0:
+        return float("nan"), float("nan")
+    return s[k - 1], s[n - k]
 
 
 def machine_info() -> dict[str, object]:

@@ -38,6 +38,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import subprocess
 import sys
@@ -226,6 +227,7 @@ def summarize(runs: dict[str, dict[str, list[c.Run]]], loops: list[str]) -> dict
                 row[f"{clock}_paired_ratio_median"] = c.median(pairs)
                 row[f"{clock}_paired_ratio_q25"] = c.quantile(pairs, 0.25)
                 row[f"{clock}_paired_ratio_q75"] = c.quantile(pairs, 0.75)
+                row[f"{clock}_paired_ratio_ci95_low"], row[f"{clock}_paired_ratio_ci95_high"] = c.median_ci(pairs)
             out[loop][name] = row
     return out
 
@@ -243,24 +245,40 @@ def per_test_minimum(runs: dict[str, dict[str, list[c.Run]]], loops: list[str]) 
     out: dict[str, dict[str, Any]] = {}
     for loop in loops:
         mins: dict[str, dict[str, float]] = {}
+        #: configuration -> kind -> the median over rounds of the round's fastest call
+        typical: dict[str, dict[str, float]] = {}
         for name, rs in runs[loop].items():
             kinds: dict[str, float] = {}
+            per_round: dict[str, list[float]] = {}
             for run in rs:
+                fastest: dict[str, float] = {}
                 for nodeid, seconds in run.durations.items():
                     kind = nodeid.split("::")[-1].split("[")[0]
+                    fastest[kind] = min(seconds, fastest.get(kind, float("inf")))
+                for kind, seconds in fastest.items():
                     kinds[kind] = min(seconds, kinds.get(kind, float("inf")))
+                    per_round.setdefault(kind, []).append(seconds)
             mins[name] = kinds
+            typical[name] = {kind: c.median(xs) for kind, xs in per_round.items()}
         plain = mins.get("plain", {})
+        plain_typical = typical.get("plain", {})
         out[loop] = {}
         for name, kinds in mins.items():
             if not kinds or not plain:
                 continue
             total = sum(kinds.values())
+            mid = typical[name]
             out[loop][name] = {
                 "sum_of_min_call_s": total,
                 "ratio": total / sum(plain.values()),
                 "per_kind_ratio": {k: kinds[k] / plain[k] for k in sorted(kinds) if plain.get(k)},
                 "per_kind_min_s": dict(sorted(kinds.items())),
+                # The same from the median over rounds of each round's fastest call: one
+                # lucky round (the machine briefly quieter) cannot set it.
+                "median_of_round_min_ratio": sum(mid.values()) / sum(plain_typical.values()),
+                "per_kind_median_of_round_min_ratio": {
+                    k: mid[k] / plain_typical[k] for k in sorted(mid) if plain_typical.get(k)
+                },
             }
     return out
 
@@ -274,12 +292,22 @@ def print_per_test(est: dict[str, dict[str, Any]]) -> None:
                 continue
             kinds = "  ".join(f"{k.removeprefix('test_')} {v:.3f}" for k, v in row["per_kind_ratio"].items())
             print(f"  {loop:8} {name:22} ratio {row['ratio']:.4f}   ({kinds})")
+    print("per-test median of per-round minima (each round's fastest call of each kind, median over rounds; "
+          "one lucky round cannot set it):")
+    for loop, per_config in est.items():
+        for name, row in per_config.items():
+            if name == "plain" or "median_of_round_min_ratio" not in row:
+                continue
+            kinds = "  ".join(
+                f"{k.removeprefix('test_')} {v:.3f}" for k, v in row["per_kind_median_of_round_min_ratio"].items()
+            )
+            print(f"  {loop:8} {name:22} ratio {row['median_of_round_min_ratio']:.4f}   ({kinds})")
 
 
 def print_table(summary: dict[str, dict[str, dict[str, float]]]) -> None:
     print()
     print(f"{'loop':8} {'config':22} {'clock':11} {'plain med':>10} {'config med':>10} {'ratio of med':>12} "
-          f"{'paired med':>10} {'paired IQR':>15}")
+          f"{'paired med':>10} {'paired IQR':>15} {'95% CI of paired med':>21}")
     for loop, per_config in summary.items():
         for name, row in per_config.items():
             for clock in CLOCKS:
@@ -287,9 +315,25 @@ def print_table(summary: dict[str, dict[str, dict[str, float]]]) -> None:
                     f"{loop:8} {name:22} {clock[:-2]:11} {row[f'plain_{clock}_median']:>9.3f}s {row[f'{clock}_median']:>9.3f}s "
                     f"{row[f'{clock}_ratio_of_medians']:>12.4f} {row[f'{clock}_paired_ratio_median']:>10.4f} "
                     f"  {row[f'{clock}_paired_ratio_q25']:.4f}-{row[f'{clock}_paired_ratio_q75']:.4f}"
+                    f"  {row.get(f'{clock}_paired_ratio_ci95_low', float('nan')):>9.4f}-"
+                    f"{row.get(f'{clock}_paired_ratio_ci95_high', float('nan')):.4f}"
                 )
     rounds = ", ".join(f"{loop}={int(next(iter(v.values()))['rounds'])}" for loop, v in summary.items() if v)
-    print(f"(rounds: {rounds}; ratio = configuration / plain)")
+    print(f"(rounds: {rounds}; ratio = configuration / plain; the CI is distribution-free, from order statistics)")
+
+
+def summarize_file(path: str) -> int:
+    """The tables of an earlier run, from its JSON (the runs are kept in full)."""
+    data = json.loads(Path(path).read_text())
+    runs = {
+        loop: {name: [c.Run(**rec) for rec in recs] for name, recs in per_config.items()}
+        for loop, per_config in data["runs"].items()
+    }
+    loops = list(runs)
+    print(f"{path}: {data.get('rounds')} rounds, machine {data.get('machine')}")
+    print_table(summarize(runs, loops))
+    print_per_test(per_test_minimum(runs, loops))
+    return 0
 
 
 def show_durations(projects: dict[str, Path], budget: list[str], runs: int = 3) -> None:
@@ -361,7 +405,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--durations", action="store_true", help="print per-test durations once and exit")
     ap.add_argument("--profile", action="store_true", help="cProfile one plugin session per loop and exit")
     ap.add_argument("--keep", action="store_true", help="keep the generated suite and print where it is")
+    ap.add_argument("--summarize", metavar="JSON", help="print the tables again from an earlier --json file; run nothing")
     ns = ap.parse_args(argv)
+    if ns.summarize:
+        return summarize_file(ns.summarize)
     print(f"plugin modules compiled to bytecode (as an installed plugin is): {c.precompile_plugin()}")
 
     loops = [x.strip() for x in ns.loops.split(",") if x.strip()]

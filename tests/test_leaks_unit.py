@@ -256,3 +256,25 @@ def test_probe_lets_go_of_its_tables_when_the_test_ends():
         assert probe.measurement("teardown").problems == 0
     finally:
         loop.close()
+
+
+def test_make_probe_resolves_each_budget_once_per_session():
+    """Settings are resolved once per budget per session; equal budgets share them, and
+    the measure-only probe (no budget) has no grace period and records no sites."""
+    session = probes.LeakSettings(grace=0.25, cancel_timeout=2.0, ignore=("bg-*",))
+    config = types.SimpleNamespace(stash=pytest.Stash())
+    config.stash[leaks._SETTINGS] = session
+
+    def probe(budget):
+        item = types.SimpleNamespace(obj=_the_test_body, stash={}, _fixtureinfo=None)
+        return leaks.make_probe(budget, ProbeContext(item=item, config=config, sampler=None))  # type: ignore[arg-type]
+
+    default = probe(leaks.LeakBudget())
+    assert default.settings == session and default.record_sites
+    marked = probe(leaks.marker(grace="10ms", ignore="x*"))
+    assert marked.settings == probes.LeakSettings(grace=0.01, cancel_timeout=2.0, ignore=("x*",))
+    assert probe(leaks.marker(grace="10ms", ignore="x*")).settings is marked.settings  # an equal marker
+    measured = probe(None)
+    assert measured.settings == probes.LeakSettings(grace=0.0, cancel_timeout=2.0, ignore=("bg-*",))
+    assert not measured.record_sites
+    assert probe(leaks.LeakBudget()).settings is default.settings

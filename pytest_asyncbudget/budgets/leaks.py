@@ -36,6 +36,9 @@ TEARDOWN_FAILS_TEST = True
 DEFAULTS = LeakSettings()
 #: The session's resolved ini options, computed once at startup.
 _SETTINGS = pytest.StashKey[LeakSettings]()
+#: Each budget's settings for this session (None: measured only), resolved once: most
+#: tests share one budget object (the session default) or an equal one (markers).
+_RESOLVED = pytest.StashKey["dict[LeakBudget | None, LeakSettings]"]()
 
 
 @dataclass(frozen=True)
@@ -156,15 +159,25 @@ def default(config: pytest.Config) -> LeakBudget | None:
 
 
 def make_probe(budget: LeakBudget | None, context: ProbeContext) -> LeakProbe:
-    session = context.config.stash.get(_SETTINGS, None)
-    if session is None:
-        session = context.config.stash[_SETTINGS] = session_settings(context.config)
-    if budget is None:
-        # Measured for the summary and report only: no grace period (the test's timing
-        # stays as it was) and no creation sites (the frame walk is most of the cost).
-        settings = replace(LeakBudget().resolve(session), grace=0.0)
-        return LeakProbe(settings, context, record_sites=False)
-    return LeakProbe(budget.resolve(session), context)
+    stash = context.config.stash
+    resolved = stash.get(_RESOLVED, None)
+    if resolved is None:
+        resolved = stash[_RESOLVED] = {}
+    settings = resolved.get(budget)
+    if settings is None:
+        session = stash.get(_SETTINGS, None)
+        if session is None:
+            session = stash[_SETTINGS] = session_settings(context.config)
+        if budget is None:
+            # Measured for the summary and report only: no grace period (the test's
+            # timing stays as it was) and no creation sites (the frame walk is most of
+            # the cost).
+            settings = replace(LeakBudget().resolve(session), grace=0.0)
+        else:
+            settings = budget.resolve(session)
+        if len(resolved) < 256:  # markers with many distinct options: stop caching
+            resolved[budget] = settings
+    return LeakProbe(settings, context, record_sites=budget is not None)
 
 
 # -- the verdict ------------------------------------------------------------------------
