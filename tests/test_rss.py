@@ -790,3 +790,36 @@ def test_the_meter_does_not_go_through_the_guard_no_blocking_puts_on_os(monkeypa
         monkeypatch.undo()
         meter.close()
     assert exact and peak >= baseline > 0 and end > 0
+
+
+def test_fallback_sampler_does_not_spin_when_a_test_mocks_sleep_and_event_wait(suite):
+    """The fallback's sampler thread naps on raw locks: a mocked time.sleep or
+    Event.wait (common in test suites) neither makes it spin nor stops it sampling."""
+    suite.conftest(_FORCE_FALLBACK)
+    suite.write(
+        source="""
+        import threading, time, pytest
+        from pytest_asyncbudget.probes import rss
+
+        calls = []
+
+        @pytest.mark.max_rss("1 GB")
+        def test_mocked(monkeypatch):
+            monkeypatch.setattr(time, "sleep", lambda s: calls.append(s))
+            monkeypatch.setattr(threading.Event, "wait", lambda self, timeout=None: calls.append(timeout) or True)
+            sampler = rss.meter()._sampler
+            sampler.unwatch()  # start a fresh watch with the mocks in place
+            sampler.watch()
+            block = bytearray(50_000_000)  # resident: written below
+            block[::4096] = b"x" * len(block[::4096])
+            deadline = time.perf_counter() + 0.3
+            while time.perf_counter() < deadline:
+                pass  # wait without time.sleep (mocked)
+            high = sampler.unwatch()
+            assert calls == [], "the sampler thread called a mocked function"
+            assert high >= 50_000_000, high  # it kept sampling, every 2 ms
+            assert sampler.error is None
+        """
+    )
+    result = suite.run("-v")
+    result.assert_outcomes(passed=1)

@@ -48,7 +48,6 @@ import mmap
 import os
 import sys
 import threading
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -228,15 +227,22 @@ class _Sampler:
     """The fallback's light sampler: a daemon thread reading RSS while a phase is watched.
 
     Started on first use with ``_thread.start_new_thread`` so that it never shows in
-    ``threading.enumerate()``; between watched phases it waits on an event.
+    ``threading.enumerate()``. It waits on two raw locks, as the lag probe's watchdog
+    does (``sampler.py``): between watched phases it blocks until :meth:`watch` lets it
+    through, and between two reads it naps in a timed ``acquire`` of a lock nobody
+    releases. Unlike ``time.sleep`` or ``threading.Event.wait`` those are C calls no test
+    can mock or patch: a test that mocks ``time.sleep`` would otherwise make it spin.
     """
 
     def __init__(self, read_rss: object) -> None:
         self._read_rss = read_rss
-        self._wake = threading.Event()
         self._generation = 0
         self._high = 0
+        self._active = False
+        #: The pid the thread was started in (0: not started); a forked child starts its own.
         self._pid = 0
+        #: Released to let the thread through (held while it should wait).
+        self._unpark = _thread.allocate_lock()
         self.error: str | None = None
 
     def watch(self) -> None:
@@ -244,30 +250,37 @@ class _Sampler:
         self._high = 0
         if self._pid != os.getpid():  # first use, or a forked child without the thread
             self._pid = os.getpid()
-            self._wake = threading.Event()
-            _thread.start_new_thread(self._run, (self._wake,))
-        self._wake.set()
+            self._unpark = _thread.allocate_lock()
+            self._unpark.acquire()
+            nap = _thread.allocate_lock()
+            nap.acquire()  # never released: acquiring it again with a timeout is a nap
+            _thread.start_new_thread(self._run, (self._unpark, nap))
+        self._active = True
+        try:
+            self._unpark.release()
+        except RuntimeError:  # already released: the thread goes on anyway
+            pass
 
     def unwatch(self) -> int:
-        self._wake.clear()
+        self._active = False
         self._generation += 1
         high, self._high = self._high, 0
         return high
 
-    def _run(self, wake: threading.Event) -> None:
+    def _run(self, unpark: _thread.LockType, nap: _thread.LockType) -> None:
         read_rss = self._read_rss
         while True:
-            wake.wait()
-            generation = self._generation
-            try:
-                rss = read_rss()  # type: ignore[operator]
-            except Exception as exc:  # noqa: BLE001 - kept, and the figure stays a lower bound
-                self.error = repr(exc)
-                wake.clear()
-                continue
-            if generation == self._generation and rss > self._high:
-                self._high = rss
-            time.sleep(SAMPLE_INTERVAL)
+            unpark.acquire()  # held again once through: the next acquire waits for watch()
+            while self._active:
+                generation = self._generation
+                try:
+                    rss = read_rss()  # type: ignore[operator]
+                except Exception as exc:  # noqa: BLE001 - kept, and the figure stays a lower bound
+                    self.error = repr(exc)
+                    break  # until the next watch()
+                if generation == self._generation and rss > self._high:
+                    self._high = rss
+                nap.acquire(True, SAMPLE_INTERVAL)
 
 
 def _lifetime_peak_reader() -> tuple[object, str]:
