@@ -607,6 +607,21 @@ def test_clear_refs_check_matches_the_meter_in_use():
 
 
 @needs_exact
+@pytest.mark.parametrize("populate", [True, False], ids=["MAP_POPULATE", "touching each page"])
+def test_clear_refs_check_catches_a_reset_that_does_nothing(monkeypatch, populate):
+    """The check must never pass a reset that leaves the mark alone: every test would
+    then look as big as the process's worst moment. Both ways of making the block
+    resident (MAP_POPULATE where it exists, else touching each page) are checked."""
+    if not populate:
+        monkeypatch.delattr(rss_probe.mmap, "MAP_POPULATE", raising=False)
+    elif not hasattr(rss_probe.mmap, "MAP_POPULATE"):
+        pytest.skip("no MAP_POPULATE here")
+    assert rss_probe.ClearRefsMeter.works()
+    monkeypatch.setattr(rss_probe.ClearRefsMeter, "start", lambda self: 0)  # the reset does nothing
+    assert not rss_probe.ClearRefsMeter.works()
+
+
+@needs_exact
 def test_probe_sees_a_spike_between_phase_boundaries():
     probe = rss_probe.RssProbe(budgeted=True)
     probe.phase_started("setup")
