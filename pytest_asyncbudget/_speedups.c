@@ -256,14 +256,19 @@ static PyTypeObject SelectTimerType = {
  * slow(*args), which decides in Python. It binds like a function (a method descriptor),
  * so ``sock.recv(n)`` calls it with the socket first and no bound method is made.
  */
+/* The layout both guards (SocketGuard, CallGuard below) share, with the functions that
+ * only read it: traverse, clear, dealloc, repr, binding and __dict__. */
 typedef struct {
     PyObject_HEAD
     vectorcallfunc vectorcall;
     PyObject *original;
-    PyObject *gettimeout;
+    PyObject *data;  /* SocketGuard: the socket type's gettimeout; CallGuard: per kind */
     PyObject *slow;
     PyObject *dict;
-} SocketGuard;
+    int kind;        /* CallGuard only */
+} Guard;
+
+typedef Guard SocketGuard;
 
 static PyObject *
 SocketGuard_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf, PyObject *kwnames)
@@ -275,7 +280,7 @@ SocketGuard_vectorcall(PyObject *callable, PyObject *const *args, size_t nargsf,
          * argument error the original raises itself */
         return PyObject_Vectorcall(self->original, args, nargsf, kwnames);
     }
-    PyObject *timeout = PyObject_Vectorcall(self->gettimeout, args, 1, NULL);
+    PyObject *timeout = PyObject_Vectorcall(self->data, args, 1, NULL);
     if (timeout == NULL) {
         if (!PyErr_ExceptionMatches(PyExc_Exception)) {
             return NULL;
@@ -307,7 +312,7 @@ SocketGuard_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     Py_INCREF(original);
     self->original = original;
     Py_INCREF(gettimeout);
-    self->gettimeout = gettimeout;
+    self->data = gettimeout;
     Py_INCREF(slow);
     self->slow = slow;
     self->dict = NULL;
@@ -315,35 +320,35 @@ SocketGuard_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 }
 
 static int
-SocketGuard_traverse(SocketGuard *self, visitproc visit, void *arg)
+Guard_traverse(Guard *self, visitproc visit, void *arg)
 {
     Py_VISIT(self->original);
-    Py_VISIT(self->gettimeout);
+    Py_VISIT(self->data);
     Py_VISIT(self->slow);
     Py_VISIT(self->dict);
     return 0;
 }
 
 static int
-SocketGuard_clear(SocketGuard *self)
+Guard_clear(Guard *self)
 {
     Py_CLEAR(self->original);
-    Py_CLEAR(self->gettimeout);
+    Py_CLEAR(self->data);
     Py_CLEAR(self->slow);
     Py_CLEAR(self->dict);
     return 0;
 }
 
 static void
-SocketGuard_dealloc(SocketGuard *self)
+Guard_dealloc(Guard *self)
 {
     PyObject_GC_UnTrack(self);
-    SocketGuard_clear(self);
+    Guard_clear(self);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
 static PyObject *
-SocketGuard_descr_get(PyObject *self, PyObject *obj, PyObject *type)
+Guard_descr_get(PyObject *self, PyObject *obj, PyObject *type)
 {
     if (obj == NULL || obj == Py_None) {
         Py_INCREF(self);
@@ -353,12 +358,12 @@ SocketGuard_descr_get(PyObject *self, PyObject *obj, PyObject *type)
 }
 
 static PyObject *
-SocketGuard_repr(SocketGuard *self)
+Guard_repr(Guard *self)
 {
     return PyUnicode_FromFormat("<pytest-asyncbudget no_blocking guard around %R>", self->original);
 }
 
-static PyGetSetDef SocketGuard_getset[] = {
+static PyGetSetDef Guard_getset[] = {
     {"__dict__", PyObject_GenericGetDict, PyObject_GenericSetDict, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
@@ -371,15 +376,15 @@ static PyTypeObject SocketGuardType = {
                 | Py_TPFLAGS_METHOD_DESCRIPTOR,
     .tp_doc = "A socket method wrapper that lets non-blocking sockets straight through.",
     .tp_new = SocketGuard_new,
-    .tp_dealloc = (destructor)SocketGuard_dealloc,
-    .tp_traverse = (traverseproc)SocketGuard_traverse,
-    .tp_clear = (inquiry)SocketGuard_clear,
+    .tp_dealloc = (destructor)Guard_dealloc,
+    .tp_traverse = (traverseproc)Guard_traverse,
+    .tp_clear = (inquiry)Guard_clear,
     .tp_vectorcall_offset = offsetof(SocketGuard, vectorcall),
     .tp_call = PyVectorcall_Call,
-    .tp_descr_get = SocketGuard_descr_get,
-    .tp_repr = (reprfunc)SocketGuard_repr,
+    .tp_descr_get = Guard_descr_get,
+    .tp_repr = (reprfunc)Guard_repr,
     .tp_dictoffset = offsetof(SocketGuard, dict),
-    .tp_getset = SocketGuard_getset,
+    .tp_getset = Guard_getset,
 };
 
 /* ------------------------------------------------------------------------------------
@@ -406,15 +411,7 @@ static PyTypeObject SocketGuardType = {
  * ------------------------------------------------------------------------------------ */
 enum { GUARD_DONE = 1, GUARD_NO_WAIT = 2, GUARD_STDLIB_CALLER = 3 };
 
-typedef struct {
-    PyObject_HEAD
-    vectorcallfunc vectorcall;
-    PyObject *original;
-    PyObject *data;
-    PyObject *slow;
-    PyObject *dict;
-    int kind;
-} CallGuard;
+typedef Guard CallGuard;
 
 static PyObject *str_state, *str_blocking, *str_timeout;
 
@@ -564,40 +561,6 @@ CallGuard_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
     return (PyObject *)self;
 }
 
-static int
-CallGuard_traverse(CallGuard *self, visitproc visit, void *arg)
-{
-    Py_VISIT(self->original);
-    Py_VISIT(self->data);
-    Py_VISIT(self->slow);
-    Py_VISIT(self->dict);
-    return 0;
-}
-
-static int
-CallGuard_clear(CallGuard *self)
-{
-    Py_CLEAR(self->original);
-    Py_CLEAR(self->data);
-    Py_CLEAR(self->slow);
-    Py_CLEAR(self->dict);
-    return 0;
-}
-
-static void
-CallGuard_dealloc(CallGuard *self)
-{
-    PyObject_GC_UnTrack(self);
-    CallGuard_clear(self);
-    Py_TYPE(self)->tp_free((PyObject *)self);
-}
-
-static PyObject *
-CallGuard_repr(CallGuard *self)
-{
-    return PyUnicode_FromFormat("<pytest-asyncbudget no_blocking guard around %R>", self->original);
-}
-
 static PyTypeObject CallGuardType = {
     PyVarObject_HEAD_INIT(NULL, 0)
     .tp_name = "pytest_asyncbudget._speedups.CallGuard",
@@ -606,15 +569,15 @@ static PyTypeObject CallGuardType = {
                 | Py_TPFLAGS_METHOD_DESCRIPTOR,
     .tp_doc = "A no_blocking wrapper that answers the calls that cannot wait without Python.",
     .tp_new = CallGuard_new,
-    .tp_dealloc = (destructor)CallGuard_dealloc,
-    .tp_traverse = (traverseproc)CallGuard_traverse,
-    .tp_clear = (inquiry)CallGuard_clear,
+    .tp_dealloc = (destructor)Guard_dealloc,
+    .tp_traverse = (traverseproc)Guard_traverse,
+    .tp_clear = (inquiry)Guard_clear,
     .tp_vectorcall_offset = offsetof(CallGuard, vectorcall),
     .tp_call = PyVectorcall_Call,
-    .tp_descr_get = SocketGuard_descr_get,
-    .tp_repr = (reprfunc)CallGuard_repr,
+    .tp_descr_get = Guard_descr_get,
+    .tp_repr = (reprfunc)Guard_repr,
     .tp_dictoffset = offsetof(CallGuard, dict),
-    .tp_getset = SocketGuard_getset,
+    .tp_getset = Guard_getset,
 };
 
 static PyObject *

@@ -781,10 +781,13 @@ def _watched_if_users(lock: Any, name: str, depth: int = 1) -> Any:
     code that asked for it) is the user's, during a budgeted phase."""
     if _probe is not None:
         try:
-            caller = sys._getframe(depth)
+            filename = sys._getframe(depth).f_code.co_filename
         except ValueError:  # asked for from C with no Python frame: not the user's code
             return lock
-        if is_user_file(caller.f_code.co_filename):
+        # (is_user_file's cache read inline: every Condition and executor Future makes a
+        # lock, from the standard library)
+        user = _user_file_cache.get(filename)
+        if user or (user is None and is_user_file(filename)):
             return WatchedLock(lock, name)
     return lock
 
@@ -818,18 +821,7 @@ def _lock_factory(name: str, original: Callable[..., Any]) -> Callable[..., Any]
         return _LockTypeStandIn(original.__name__, (), namespace)
 
     def factory(*args: Any, **kwargs: Any) -> Any:
-        lock = original(*args, **kwargs)
-        if _probe is not None:
-            # (is_user_file's cache read inline: every Condition and executor Future
-            # makes a lock here, from the standard library)
-            try:
-                filename = sys._getframe(1).f_code.co_filename
-            except ValueError:  # called from C with no Python frame: not the user's code
-                return lock
-            user = _user_file_cache.get(filename)
-            if user or (user is None and is_user_file(filename)):
-                return WatchedLock(lock, name)
-        return lock
+        return _watched_if_users(original(*args, **kwargs), name, 2)
 
     try:
         functools.update_wrapper(factory, original)

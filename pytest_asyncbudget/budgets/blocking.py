@@ -250,12 +250,11 @@ def _times(n: int) -> str:
 def judge(budget: BlockingBudget | None, m: BlockingMeasurement) -> Verdict:
     calls, count = m.calls, m.count
     passed = budget is None or not calls
-    if not calls and not m.unused_allow:  # the usual case, kept short
-        headline = f"no_blocking ok: no blocking call on the event loop ({m.phase})"
-        return Verdict(budget=NAME, phase=m.phase, passed=True, headline=headline, measured=m.total)
     s = "" if count == 1 else "s"
     if not calls:
         headline = f"no_blocking ok: no blocking call on the event loop ({m.phase})"
+        if not m.unused_allow:  # the usual case: nothing more to say
+            return Verdict(budget=NAME, phase=m.phase, passed=True, headline=headline, measured=m.total)
     elif budget is None:
         headline = f"no_blocking: {count} blocking call{s} on the event loop ({m.phase})"
     else:

@@ -51,6 +51,7 @@ import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from ..sampler import _let_through
 from .base import Probe
 
 if TYPE_CHECKING:
@@ -262,10 +263,7 @@ class _Sampler:
             nap.acquire()  # never released: acquiring it again with a timeout is a nap
             _thread.start_new_thread(self._run, (self._unpark, nap))
         self._active = True
-        try:
-            self._unpark.release()
-        except RuntimeError:  # already released: the thread goes on anyway
-            pass
+        _let_through(self._unpark)
 
     def unwatch(self) -> int:
         self._active = False
