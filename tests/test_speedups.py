@@ -430,16 +430,20 @@ def test_compiled_future_guard_matches_the_python_wrapper(probe: Any, method: st
     on_loop(probe, body)
 
 
-@needs_speedups
-def test_compiled_lock_factory_watches_only_the_users_locks(probe: Any) -> None:
-    """The RLock factory's guard: a lock made by the standard library (a Condition) is the
-    real one, with no Python frame; a lock made here, in the user's code, is watched."""
+@pytest.mark.parametrize("kind", ["compiled", "python"])
+def test_lock_factory_watches_only_the_users_locks(probe: Any, kind: str) -> None:
+    """The RLock factory (its compiled guard, and the Python factory it falls back to): a
+    lock made by the standard library (a Condition) is the real one; a lock made here, in
+    the user's code, is watched."""
     import threading
 
+    if kind == "compiled" and _speedups is None:
+        pytest.skip("the C extension is not built here")
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(patches, "_call_guards", lambda: _speedups)  # (even under ASYNCBUDGET_PURE_PYTHON)
+        mp.setattr(patches, "_call_guards", lambda: _speedups if kind == "compiled" else None)
         factory = patches._lock_factory("threading.RLock.acquire", patches._real_rlock)
-    assert type(factory) is _speedups.CallGuard and factory.__wrapped__ is patches._real_rlock
+    expected = _speedups.CallGuard if kind == "compiled" else types.FunctionType
+    assert type(factory) is expected and factory.__wrapped__ is patches._real_rlock
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(threading, "RLock", factory)
         condition = threading.Condition()  # makes its lock in threading.py
@@ -447,7 +451,7 @@ def test_compiled_lock_factory_watches_only_the_users_locks(probe: Any) -> None:
         mine = factory()
         again = factory()
     assert type(mine) is patches.WatchedLock and type(again) is patches.WatchedLock
-    assert patches._user_file_cache[threading.__file__] is False  # answered in C from now on
+    assert patches._user_file_cache[threading.__file__] is False  # the guard answers it in C from now on
     with mine:
         assert mine._is_owned()
 
