@@ -1024,7 +1024,7 @@ _MISSING: Any = object()
 class _Patch:
     """One attribute of one live module or class, with its original and our wrapper."""
 
-    __slots__ = ("target", "owner", "original", "wrapper", "had_own", "attr", "ns", "expected", "is_class")
+    __slots__ = ("target", "owner", "original", "wrapper", "had_own", "attr", "ns", "expected", "is_class", "row")
 
     def __init__(self, target: Target, owner: Any, original: Any, wrapper: Any, had_own: bool) -> None:
         self.target, self.owner, self.original, self.wrapper, self.had_own = target, owner, original, wrapper, had_own
@@ -1032,6 +1032,10 @@ class _Patch:
         self.ns = vars(owner)  # a module's dict, or a class's read-only mappingproxy
         self.expected = original if had_own else _MISSING
         self.is_class = isinstance(owner, type)
+        #: The same, flat, for the per-test loops (_apply_rows, _restore_rows).
+        self.row: _Row = (
+            self.ns, self.attr, self.expected, wrapper, owner if self.is_class else None, original, had_own, self
+        )
 
 
 #: (module name, owner, attr) -> patch, for the module objects seen so far.
@@ -1126,33 +1130,82 @@ def _scan_user_modules() -> None:
     _modules_seen = len(sys.modules)
 
 
-_applied: list[_Patch] = []
+#: One row per patch: ``(namespace, attr, expected, wrapper, class or None, original,
+#: had_own, patch)``.
+_Row = tuple[Any, str, Any, Any, Any, Any, bool, _Patch]
+#: The rows put in place for the test in progress, in order.
+_applied: list[_Row] = []
 _rebound: list[tuple[dict[str, Any], str, Any, Any]] = []
 
 
-_resolved: list[_Patch] = []
-_resolved_for = -1  # len(sys.modules) when _resolved was built
+_rows: list[_Row] = []
+_resolved_for = -1  # len(sys.modules) when _rows was built
+
+
+def _apply_rows(rows: list[_Row], applied: list[_Row], missing: Any) -> None:
+    """Put each wrapper in place where its attribute is still the original.
+
+    The reference for ``_speedups.swap_in``, which does the same: these loops run at every
+    test, just after the test's own code has pushed everything out of the CPU caches.
+    """
+    for row in rows:
+        ns, attr, expected, wrapper, cls, _, _, _ = row
+        current = ns.get(attr, missing)
+        if current is expected:
+            if cls is not None:
+                setattr(cls, attr, wrapper)  # type.__setattr__ keeps its caches right
+            else:
+                ns[attr] = wrapper
+            applied.append(row)
+        elif current is wrapper:  # left in place earlier (say by a monkeypatch undo): ours to undo
+            applied.append(row)
+        # else: replaced by someone else; leave it to them
+
+
+def _restore_rows(applied: list[_Row], missing: Any) -> None:
+    """Empty *applied*, putting the originals back where our wrapper still is; then raise
+    the first error, if any. The reference for ``_speedups.swap_out``."""
+    first: BaseException | None = None
+    rows = applied[:]
+    del applied[:]
+    for ns, attr, _, wrapper, cls, original, had_own, _ in reversed(rows):
+        try:
+            if ns.get(attr, missing) is not wrapper:
+                continue  # replaced by someone else after we patched: theirs now
+            if cls is None:
+                ns[attr] = original
+            elif had_own:
+                setattr(cls, attr, original)
+            else:
+                delattr(cls, attr)
+        except BaseException as exc:  # noqa: BLE001 - restore the rest, then raise the first
+            first = first or exc
+    if first is not None:
+        raise first
+
+
+def _swaps() -> tuple[Callable[..., None], Callable[..., None]]:
+    """The compiled twins of _apply_rows/_restore_rows when built, else those two."""
+    global _swap_pair
+    if _swap_pair is None:
+        compiled = speedups()
+        if compiled is not None and hasattr(compiled, "swap_in"):  # an older build has not
+            _swap_pair = (compiled.swap_in, compiled.swap_out)
+        else:
+            _swap_pair = (_apply_rows, _restore_rows)
+    return _swap_pair
+
+
+_swap_pair: tuple[Callable[..., None], Callable[..., None]] | None = None
 
 
 def _apply() -> None:
-    # The loops of _Patch.apply/restore, inlined: this runs at every phase of every test.
-    global _resolved, _resolved_for
+    # Runs at every test.
+    global _rows, _resolved_for
     if len(sys.modules) != _resolved_for:  # a module was imported (or dropped): look again
-        _resolved = [patch for patch in map(_resolve, TARGETS) if patch is not None]
+        _rows = [patch.row for patch in map(_resolve, TARGETS) if patch is not None]
         _resolved_for = len(sys.modules)
-    applied = _applied
-    for patch in _resolved:
-        ns, attr, wrapper = patch.ns, patch.attr, patch.wrapper
-        current = ns.get(attr, _MISSING)
-        if current is patch.expected:
-            if patch.is_class:
-                setattr(patch.owner, attr, wrapper)  # type.__setattr__ keeps its caches right
-            else:
-                ns[attr] = wrapper
-            applied.append(patch)
-        elif current is wrapper:  # left in place earlier (say by a monkeypatch undo): ours to undo
-            applied.append(patch)
-        # else: replaced by someone else; leave it to them
+    _swaps()[0](_rows, _applied, _MISSING)
     _scan_user_modules()
     for module, bindings in _user_modules.values():
         namespace = vars(module)
@@ -1166,28 +1219,11 @@ def _apply() -> None:
 
 
 def _restore() -> None:
-    first: BaseException | None = None
     while _rebound:
         namespace, attr, original, wrapper = _rebound.pop()
         if namespace.get(attr, _MISSING) is wrapper:
             namespace[attr] = original
-    applied = _applied
-    while applied:
-        patch = applied.pop()
-        ns, attr = patch.ns, patch.attr
-        if ns.get(attr, _MISSING) is not patch.wrapper:
-            continue  # replaced by someone else after we patched: theirs now
-        try:
-            if not patch.is_class:
-                ns[attr] = patch.original
-            elif patch.had_own:
-                setattr(patch.owner, attr, patch.original)
-            else:
-                delattr(patch.owner, attr)
-        except BaseException as exc:  # noqa: BLE001 - restore the rest, then raise the first
-            first = first or exc
-    if first is not None:
-        raise first
+    _swaps()[1](_applied, _MISSING)
 
 
 def install(probe: Watcher) -> None:
@@ -1220,7 +1256,7 @@ def installed() -> list[str]:
     """``module.owner.attr`` of each patch currently in place (for tests and debugging)."""
     out = [
         ".".join(p for p in (patch.target.module, patch.target.owner, patch.target.attr) if p)
-        for patch in _applied
+        for patch in (row[-1] for row in _applied)
         if vars(patch.owner).get(patch.target.attr, _MISSING) is patch.wrapper
     ]
     out.extend(f"{ns.get('__name__')}.{attr}" for ns, attr, _, w in _rebound if ns.get(attr) is w)

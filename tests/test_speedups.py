@@ -499,3 +499,131 @@ def test_lock_factory_called_with_no_python_frame(probe: Any, monkeypatch: pytes
             break
         time.sleep(0.001)
     assert [e.exc_value for e in errors] == []
+
+
+# -- no_blocking's per-test patching loops: _speedups.swap_in/swap_out against
+# -- patches._apply_rows/_restore_rows (the reference) -----------------------------------
+_SWAP_ATTRS = ("m0", "m1", "m2", "c0", "c1", "i0", "i1")  # module / class's own / inherited
+_BEFORE = st.sampled_from(["as is", "foreign", "wrapper", "refuse"])
+_BETWEEN = st.sampled_from(["as is", "foreign", "refuse"])
+
+
+def _swap_world(before: dict[str, str]) -> tuple[Any, ...]:
+    """A module and a class to patch, the rows for them, and a way to read their state."""
+    refuse: set[str] = set()
+
+    class Meta(type):
+        def __setattr__(cls, name: str, value: Any) -> None:
+            if name in refuse:
+                raise _Boom(f"set {name}")
+            super().__setattr__(name, value)
+
+        def __delattr__(cls, name: str) -> None:
+            if name in refuse:
+                raise _Boom(f"del {name}")
+            super().__delattr__(name)
+
+    def original(name: str) -> Any:
+        def function() -> str:
+            return name
+
+        return function
+
+    module = types.ModuleType("swap_world")
+
+    class Base(metaclass=Meta):
+        pass
+
+    class Child(Base):
+        pass
+
+    originals = {name: original(name) for name in _SWAP_ATTRS}
+    wrappers = {name: original(f"wrapped {name}") for name in _SWAP_ATTRS}
+    foreign = {name: original(f"foreign {name}") for name in _SWAP_ATTRS}
+    rows = []
+    for name in _SWAP_ATTRS:
+        if name.startswith("m"):
+            setattr(module, name, originals[name])
+            rows.append((vars(module), name, originals[name], wrappers[name], None, originals[name], True, None))
+        elif name.startswith("c"):
+            type.__setattr__(Child, name, originals[name])
+            rows.append((vars(Child), name, originals[name], wrappers[name], Child, originals[name], True, None))
+        else:  # inherited: patched on Child, deleted from it again at restore
+            type.__setattr__(Base, name, originals[name])
+            rows.append((vars(Child), name, patches._MISSING, wrappers[name], Child, originals[name], False, None))
+    owner = {name: module if name.startswith("m") else Child for name in _SWAP_ATTRS}
+
+    def interfere(plan: dict[str, str]) -> None:
+        for name, what in plan.items():
+            if what == "foreign":
+                (type.__setattr__ if owner[name] is Child else setattr)(owner[name], name, foreign[name])
+            elif what == "wrapper":
+                (type.__setattr__ if owner[name] is Child else setattr)(owner[name], name, wrappers[name])
+            elif what == "refuse" and owner[name] is Child:
+                refuse.add(name)
+
+    def state() -> dict[str, str]:
+        out = {}
+        for name in _SWAP_ATTRS:
+            value = vars(owner[name]).get(name, patches._MISSING)
+            tags = {id(originals[name]): "original", id(wrappers[name]): "wrapper",
+                    id(foreign[name]): "foreign", id(patches._MISSING): "not its own"}
+            out[name] = tags[id(value)]
+        return out
+
+    interfere(before)
+    return rows, interfere, state, refuse
+
+
+def _swap_run(apply: Any, restore: Any, before: dict[str, str], between: dict[str, str]) -> dict[str, Any]:
+    rows, interfere, state, refuse = _swap_world(before)
+    applied: list[Any] = []
+    seen: dict[str, Any] = {}
+    try:
+        apply(rows, applied, patches._MISSING)
+        seen["apply raised"] = None
+    except _Boom as exc:
+        seen["apply raised"] = str(exc)
+    seen["applied"] = [row[1] for row in applied]
+    seen["after apply"] = state()
+    refuse.clear()
+    interfere(between)
+    try:
+        restore(applied, patches._MISSING)
+        seen["restore raised"] = None
+    except _Boom as exc:
+        seen["restore raised"] = str(exc)
+    seen["left in applied"] = len(applied)
+    refuse.clear()
+    seen["after restore"] = state()
+    return seen
+
+
+@needs_speedups
+@settings(max_examples=300, deadline=None)
+@given(
+    before=st.fixed_dictionaries({name: _BEFORE for name in _SWAP_ATTRS}),
+    between=st.fixed_dictionaries({name: _BETWEEN for name in _SWAP_ATTRS}),
+)
+def test_compiled_swaps_match_the_python_loops(before: dict[str, str], between: dict[str, str]) -> None:
+    """Same rows applied, same values left everywhere, same first error, list emptied."""
+    reference = _swap_run(patches._apply_rows, patches._restore_rows, before, between)
+    compiled = _swap_run(_speedups.swap_in, _speedups.swap_out, before, between)
+    assert compiled == reference
+    assert reference["left in applied"] == 0
+    # and what the reference itself promises:
+    for name in _SWAP_ATTRS:
+        if reference["apply raised"] is None and before[name] == "as is" and between[name] == "as is":
+            assert reference["after apply"][name] == "wrapper"
+            assert reference["after restore"][name] == ("not its own" if name.startswith("i") else "original")
+        if before[name] == "foreign":
+            assert reference["after restore"][name] == "foreign"  # someone else's: never touched
+
+
+def test_patching_uses_the_compiled_swaps_where_built(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(patches, "_swap_pair", None)
+    expected = (_speedups.swap_in, _speedups.swap_out) if _speedups is not None else (patches._apply_rows, patches._restore_rows)
+    assert patches._swaps() == expected
+    monkeypatch.setattr(patches, "_swap_pair", None)
+    monkeypatch.setattr(accel, "_MODULE", False)  # ASYNCBUDGET_PURE_PYTHON=1, or not built
+    assert patches._swaps() == (patches._apply_rows, patches._restore_rows)
