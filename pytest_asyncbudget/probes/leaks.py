@@ -231,6 +231,7 @@ _FOREIGN_OWNER = Owner(FOREIGN)
 #: The first entries of every probe's owner list (entries store an owner's index).
 _FIXED_OWNERS = (_TEST_OWNER, _RUNNER_OWNER, _FOREIGN_OWNER, *_CALLBACK_OWNERS.values())
 _RUNNER_INDEX = _FIXED_OWNERS.index(_RUNNER_OWNER)
+_FIXED_OWNER_IDS = {owner: i for i, owner in enumerate(_FIXED_OWNERS)}
 
 
 def _infra_prefixes() -> tuple[str, ...]:
@@ -523,7 +524,7 @@ class LeakProbe(Probe):
         self._origins: dict[int, tuple[Any, ...]] = {}
         self._prune_at = _PRUNE_AT
         self._owner_list: list[Owner] = list(_FIXED_OWNERS)
-        self._owner_ids: dict[Owner, int] = {owner: i for i, owner in enumerate(self._owner_list)}
+        self._owner_ids: dict[Owner, int] = dict(_FIXED_OWNER_IDS)
         self._phase = ""
         #: id(parent task) -> (weakref, owner index), for the current loop run.
         self._owner_cache: dict[int, tuple[Any, int]] = {}
@@ -538,6 +539,10 @@ class LeakProbe(Probe):
         self._loop_patches: dict[Any, tuple[Any, Any, Any, Any]] = {}
         self._warn_patch: Any = None
         self._warn_original: Any = None
+        #: The wrappers made so far, by what they wrap: made once per test (they read the
+        #: phase from the probe), put in place and taken off again in every phase.
+        self._made_wrappers: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._runner_module_list: list[Any] | None = None
         self._runner_patches: list[tuple[Any, Any, Any]] = []
         #: (module, original, wrapper) of asyncio.gather, for the phase (see _patch_gather).
         self._gather_patches: list[tuple[Any, Any, Any]] = []
@@ -612,6 +617,7 @@ class LeakProbe(Probe):
         self._neutralized.clear()
         self._owners_by_code = None
         self._codes_alive.clear()
+        self._made_wrappers.clear()  # they refer to the probe: no cycle left to collect
 
     def measurement(self, phase: str) -> LeakMeasurement | None:
         if phase != "teardown":
@@ -939,6 +945,11 @@ class LeakProbe(Probe):
         original = getattr(warnings, "_warn_unawaited_coroutine", None)
         if original is None:
             return
+        made = self._made_wrappers.get(("warn", id(original)))
+        if made is not None and made[0] is original:
+            self._warn_original, self._warn_patch = original, made[1]
+            warnings._warn_unawaited_coroutine = made[1]  # type: ignore[attr-defined]  # undone in _unpatch_warnings
+            return
         probe = self
 
         if original is _STDLIB_WARN_UNAWAITED:
@@ -967,6 +978,7 @@ class LeakProbe(Probe):
 
         self._warn_original = original
         self._warn_patch = warn_unawaited_coroutine
+        self._made_wrappers[("warn", id(original))] = (original, warn_unawaited_coroutine)
         warnings._warn_unawaited_coroutine = warn_unawaited_coroutine  # type: ignore[attr-defined]  # undone in _unpatch_warnings
 
     def _unpatch_warnings(self) -> None:
@@ -997,12 +1009,24 @@ class LeakProbe(Probe):
     # -- who owns what --------------------------------------------------------------
     @staticmethod
     def _snapshot_functions(item: pytest.Item) -> list[tuple[Owner, Any]]:
-        functions: list[tuple[Owner, Any]] = []
         info = getattr(item, "_fixtureinfo", None)
-        for argname, defs in getattr(info, "name2fixturedefs", {}).items():
-            for fixturedef in defs:
-                scope = getattr(fixturedef, "scope", "function")
-                functions.append((Owner(FIXTURE, argname, str(scope)), fixturedef.func))
+        defs_by_name = getattr(info, "name2fixturedefs", {})
+        # The tests of one parametrized function share their fixture info: its part of
+        # the snapshot is made once per session (again if the info has grown since).
+        cache = _fixture_snapshots(item)
+        known = cache.get(id(info)) if cache is not None else None
+        if known is not None and known[0] is info and known[1] == len(defs_by_name):
+            functions = list(known[2])
+        else:
+            functions = []
+            for argname, defs in defs_by_name.items():
+                for fixturedef in defs:
+                    scope = getattr(fixturedef, "scope", "function")
+                    functions.append((Owner(FIXTURE, argname, str(scope)), fixturedef.func))
+            if cache is not None and info is not None:
+                if len(cache) >= 512:
+                    cache.clear()
+                cache[id(info)] = (info, len(defs_by_name), tuple(functions))
         obj = getattr(item, "obj", None)
         functions.append((_TEST_OWNER, obj))
         inner = getattr(getattr(obj, "hypothesis", None), "inner_test", None)
@@ -1071,11 +1095,18 @@ class LeakProbe(Probe):
 
     # -- the runners' shutdown seam ---------------------------------------------------
     def _patch_runners(self) -> None:
-        for module in _runner_modules():
+        if self._runner_module_list is None:
+            self._runner_module_list = _runner_modules()
+        for module in self._runner_module_list:
             original = getattr(module, "_cancel_all_tasks", None)
             if not callable(original):
                 continue
-            patch = self._make_runner_patch(original)
+            made = self._made_wrappers.get(("runner", id(original)))
+            if made is not None and made[0] is original:
+                patch = made[1]
+            else:
+                patch = self._make_runner_patch(original)
+                self._made_wrappers[("runner", id(original))] = (original, patch)
             module._cancel_all_tasks = patch  # undone in _unpatch_runners
             self._runner_patches.append((module, original, patch))
 
@@ -1104,7 +1135,12 @@ class LeakProbe(Probe):
         original = getattr(asyncio, "gather", None)
         if not callable(original) or getattr(asyncio.tasks, "gather", None) is not original:
             return  # replaced by someone else: leave it to them
-        wrapper = self._make_gather(original)
+        made = self._made_wrappers.get(("gather", id(original)))
+        if made is not None and made[0] is original:
+            wrapper = made[1]
+        else:
+            wrapper = self._make_gather(original)
+            self._made_wrappers[("gather", id(original))] = (original, wrapper)
         for module in (asyncio, asyncio.tasks):
             module.gather = wrapper  # type: ignore[attr-defined]  # undone in _unpatch_gather
             self._gather_patches.append((module, original, wrapper))
@@ -1396,6 +1432,25 @@ class LeakProbe(Probe):
             message=str(exc),
             raised=_frames_of_traceback(exc.__traceback__),
         )
+
+
+_SNAPSHOTS_KEY: Any = None
+
+
+def _fixture_snapshots(item: Any) -> dict[int, tuple[Any, int, tuple[tuple[Owner, Any], ...]]] | None:
+    """The session's snapshots of fixture functions, by ``id`` of the fixture info."""
+    global _SNAPSHOTS_KEY
+    stash = getattr(getattr(item, "config", None), "stash", None)
+    if stash is None:
+        return None
+    if _SNAPSHOTS_KEY is None:
+        import pytest
+
+        _SNAPSHOTS_KEY = pytest.StashKey[dict]()
+    cache = stash.get(_SNAPSHOTS_KEY, None)
+    if cache is None:
+        cache = stash[_SNAPSHOTS_KEY] = {}
+    return cache  # type: ignore[no-any-return]
 
 
 def _runner_modules() -> list[Any]:
