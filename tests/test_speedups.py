@@ -622,7 +622,8 @@ def test_compiled_swaps_match_the_python_loops(before: dict[str, str], between: 
 
 def test_patching_uses_the_compiled_swaps_where_built(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(patches, "_swap_pair", None)
-    expected = (_speedups.swap_in, _speedups.swap_out) if _speedups is not None else (patches._apply_rows, patches._restore_rows)
+    compiled = accel.speedups()  # None with ASYNCBUDGET_PURE_PYTHON=1 or where not built
+    expected = (compiled.swap_in, compiled.swap_out) if compiled is not None else (patches._apply_rows, patches._restore_rows)
     assert patches._swaps() == expected
     monkeypatch.setattr(patches, "_swap_pair", None)
     monkeypatch.setattr(accel, "_MODULE", False)  # ASYNCBUDGET_PURE_PYTHON=1, or not built
