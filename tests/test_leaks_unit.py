@@ -278,3 +278,50 @@ def test_make_probe_resolves_each_budget_once_per_session():
     assert measured.settings == probes.LeakSettings(grace=0.0, cancel_timeout=2.0, ignore=("bg-*",))
     assert not measured.record_sites
     assert probe(leaks.LeakBudget()).settings is default.settings
+
+
+def test_wrappers_are_made_once_per_test_and_put_back_after_every_phase():
+    """gather's, the runners' and the warning's wrappers: one per test, in place only
+    during a phase, and dropped when the test ends (they refer to the probe)."""
+    import asyncio.runners
+
+    originals = (asyncio.gather, asyncio.runners._cancel_all_tasks, warnings._warn_unawaited_coroutine)
+    probe = probes.LeakProbe(probes.LeakSettings(grace=0), _context())
+    seen = []
+    for phase in ("setup", "call", "teardown"):
+        probe.phase_started(phase)
+        placed = (asyncio.gather, asyncio.runners._cancel_all_tasks, warnings._warn_unawaited_coroutine)
+        assert all(now is not before for now, before in zip(placed, originals))
+        assert asyncio.tasks.gather is asyncio.gather
+        seen.append(placed)
+        probe.phase_stopped(phase)
+        assert (asyncio.gather, asyncio.runners._cancel_all_tasks, warnings._warn_unawaited_coroutine) == originals
+    assert seen[0] == seen[1] == seen[2]  # the same three objects in every phase
+    assert probe._made_wrappers == {}  # released with the test: no cycle through the probe
+
+
+def test_fixture_snapshot_is_shared_by_the_tests_of_one_function():
+    """Tests that share their fixture info (one parametrized function) share the fixture
+    part of the snapshot; the test function itself is each test's own."""
+
+    async def fixture_function():
+        pass
+
+    defs = {"fx": [types.SimpleNamespace(scope="module", func=fixture_function)]}
+    info = types.SimpleNamespace(name2fixturedefs=defs)
+    config = types.SimpleNamespace(stash=pytest.Stash())
+
+    async def other_test():
+        pass
+
+    first = types.SimpleNamespace(obj=_the_test_body, _fixtureinfo=info, config=config)
+    second = types.SimpleNamespace(obj=other_test, _fixtureinfo=info, config=config)
+    a = probes.LeakProbe._snapshot_functions(first)
+    b = probes.LeakProbe._snapshot_functions(second)
+    fixture_owner = probes.Owner(probes.FIXTURE, "fx", "module")
+    assert a == [(fixture_owner, fixture_function), (probes._TEST_OWNER, _the_test_body)]
+    assert b == [(fixture_owner, fixture_function), (probes._TEST_OWNER, other_test)]
+    assert a[0][0] is b[0][0]  # made once
+    defs["late"] = [types.SimpleNamespace(scope="function", func=other_test)]  # the info grew
+    c = probes.LeakProbe._snapshot_functions(first)
+    assert (probes.Owner(probes.FIXTURE, "late", "function"), other_test) in c

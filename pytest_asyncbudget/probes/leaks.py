@@ -539,8 +539,8 @@ class LeakProbe(Probe):
         self._loop_patches: dict[Any, tuple[Any, Any, Any, Any]] = {}
         self._warn_patch: Any = None
         self._warn_original: Any = None
-        #: The wrappers made so far, by what they wrap: made once per test (they read the
-        #: phase from the probe), put in place and taken off again in every phase.
+        #: The wrappers made so far (see _made): made once per test, put in place and
+        #: taken off again in every phase.
         self._made_wrappers: dict[tuple[str, int], tuple[Any, Any]] = {}
         self._runner_module_list: list[Any] | None = None
         self._runner_patches: list[tuple[Any, Any, Any]] = []
@@ -941,15 +941,27 @@ class LeakProbe(Probe):
     def _gc_event(self, phase: str, info: dict[str, Any]) -> None:
         self._in_gc = phase == "start"
 
+    def _made(self, original: Any, make: Callable[[Any], Any]) -> Any:
+        """The wrapper *make* made of *original* earlier in this test, else a new one.
+
+        Wrappers read the phase from the probe, so one serves every phase; they refer to
+        the probe, so _release drops them (no reference cycle outlives the test).
+        """
+        key = (make.__name__, id(original))
+        made = self._made_wrappers.get(key)
+        if made is None or made[0] is not original:
+            made = self._made_wrappers[key] = (original, make(original))
+        return made[1]
+
     def _patch_warnings(self) -> None:
         original = getattr(warnings, "_warn_unawaited_coroutine", None)
         if original is None:
             return
-        made = self._made_wrappers.get(("warn", id(original)))
-        if made is not None and made[0] is original:
-            self._warn_original, self._warn_patch = original, made[1]
-            warnings._warn_unawaited_coroutine = made[1]  # type: ignore[attr-defined]  # undone in _unpatch_warnings
-            return
+        self._warn_original = original
+        self._warn_patch = self._made(original, self._make_warn)
+        warnings._warn_unawaited_coroutine = self._warn_patch  # type: ignore[attr-defined]  # undone in _unpatch_warnings
+
+    def _make_warn(self, original: Callable[[Any], None]) -> Callable[[Any], None]:
         probe = self
 
         if original is _STDLIB_WARN_UNAWAITED:
@@ -976,10 +988,7 @@ class LeakProbe(Probe):
                 probe._on_unawaited(coro, _getframe(1))
                 original(coro)
 
-        self._warn_original = original
-        self._warn_patch = warn_unawaited_coroutine
-        self._made_wrappers[("warn", id(original))] = (original, warn_unawaited_coroutine)
-        warnings._warn_unawaited_coroutine = warn_unawaited_coroutine  # type: ignore[attr-defined]  # undone in _unpatch_warnings
+        return warn_unawaited_coroutine
 
     def _unpatch_warnings(self) -> None:
         patch, self._warn_patch = self._warn_patch, None
@@ -1101,12 +1110,7 @@ class LeakProbe(Probe):
             original = getattr(module, "_cancel_all_tasks", None)
             if not callable(original):
                 continue
-            made = self._made_wrappers.get(("runner", id(original)))
-            if made is not None and made[0] is original:
-                patch = made[1]
-            else:
-                patch = self._make_runner_patch(original)
-                self._made_wrappers[("runner", id(original))] = (original, patch)
+            patch = self._made(original, self._make_runner_patch)
             module._cancel_all_tasks = patch  # undone in _unpatch_runners
             self._runner_patches.append((module, original, patch))
 
@@ -1135,12 +1139,7 @@ class LeakProbe(Probe):
         original = getattr(asyncio, "gather", None)
         if not callable(original) or getattr(asyncio.tasks, "gather", None) is not original:
             return  # replaced by someone else: leave it to them
-        made = self._made_wrappers.get(("gather", id(original)))
-        if made is not None and made[0] is original:
-            wrapper = made[1]
-        else:
-            wrapper = self._make_gather(original)
-            self._made_wrappers[("gather", id(original))] = (original, wrapper)
+        wrapper = self._made(original, self._make_gather)
         for module in (asyncio, asyncio.tasks):
             module.gather = wrapper  # type: ignore[attr-defined]  # undone in _unpatch_gather
             self._gather_patches.append((module, original, wrapper))
