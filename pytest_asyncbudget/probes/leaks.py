@@ -542,7 +542,9 @@ class LeakProbe(Probe):
         #: The wrappers made so far (see _made): made once per test, put in place and
         #: taken off again in every phase.
         self._made_wrappers: dict[tuple[str, int], tuple[Any, Any]] = {}
-        self._runner_module_list: list[Any] | None = None
+        #: _runner_modules(), and len(sys.modules) when it was asked (a runner's module,
+        #: anyio's say, may be imported by the test's own setup).
+        self._runner_module_list: tuple[int, list[Any]] = (-1, [])
         self._runner_patches: list[tuple[Any, Any, Any]] = []
         #: (module, original, wrapper) of asyncio.gather, for the phase (see _patch_gather).
         self._gather_patches: list[tuple[Any, Any, Any]] = []
@@ -1104,9 +1106,9 @@ class LeakProbe(Probe):
 
     # -- the runners' shutdown seam ---------------------------------------------------
     def _patch_runners(self) -> None:
-        if self._runner_module_list is None:
-            self._runner_module_list = _runner_modules()
-        for module in self._runner_module_list:
+        if self._runner_module_list[0] != len(sys.modules):
+            self._runner_module_list = (len(sys.modules), _runner_modules())
+        for module in self._runner_module_list[1]:
             original = getattr(module, "_cancel_all_tasks", None)
             if not callable(original):
                 continue
