@@ -605,9 +605,10 @@ speedups_unshare_files(PyObject *module, PyObject *Py_UNUSED(ignored))
 }
 
 /*
- * swap_in(rows, applied, missing) and swap_out(applied): the two loops of no_blocking's
- * per-test patching (patches.py, _apply_rows/_restore_rows are the Python twins). A row
- * is (namespace, attr, expected, wrapper, class or None, original, had_own, patch):
+ * swap_in(rows, applied, missing) and swap_out(applied, missing): the two loops of
+ * no_blocking's per-test patching (patches.py, _apply_rows/_restore_rows are the Python
+ * twins). A row is (namespace, attr, expected, wrapper, class or None, original, had_own,
+ * target):
  *
  * swap_in   for each row whose attribute is still `expected` (`missing`: not set on the
  *           class itself), put `wrapper` there (setattr on a class, so that its caches

@@ -1022,19 +1022,22 @@ _MISSING: Any = object()
 
 
 class _Patch:
-    """One attribute of one live module or class, with its original and our wrapper."""
+    """One attribute of one live module or class: its owner, and the flat row that the
+    per-test loops (_apply_rows, _restore_rows) read."""
 
-    __slots__ = ("target", "owner", "original", "wrapper", "had_own", "attr", "ns", "expected", "is_class", "row")
+    __slots__ = ("owner", "row")
 
     def __init__(self, target: Target, owner: Any, original: Any, wrapper: Any, had_own: bool) -> None:
-        self.target, self.owner, self.original, self.wrapper, self.had_own = target, owner, original, wrapper, had_own
-        self.attr = target.attr
-        self.ns = vars(owner)  # a module's dict, or a class's read-only mappingproxy
-        self.expected = original if had_own else _MISSING
-        self.is_class = isinstance(owner, type)
-        #: The same, flat, for the per-test loops (_apply_rows, _restore_rows).
+        self.owner = owner
         self.row: _Row = (
-            self.ns, self.attr, self.expected, wrapper, owner if self.is_class else None, original, had_own, self
+            vars(owner),  # a module's dict, or a class's read-only mappingproxy
+            target.attr,
+            original if had_own else _MISSING,  # what is there before we patch
+            wrapper,
+            owner if isinstance(owner, type) else None,
+            original,
+            had_own,
+            target,
         )
 
 
@@ -1131,8 +1134,8 @@ def _scan_user_modules() -> None:
 
 
 #: One row per patch: ``(namespace, attr, expected, wrapper, class or None, original,
-#: had_own, patch)``.
-_Row = tuple[Any, str, Any, Any, Any, Any, bool, _Patch]
+#: had_own, target)``.
+_Row = tuple[Any, str, Any, Any, Any, Any, bool, Target]
 #: The rows put in place for the test in progress, in order.
 _applied: list[_Row] = []
 _rebound: list[tuple[dict[str, Any], str, Any, Any]] = []
@@ -1255,9 +1258,9 @@ def uninstall(probe: Watcher) -> None:
 def installed() -> list[str]:
     """``module.owner.attr`` of each patch currently in place (for tests and debugging)."""
     out = [
-        ".".join(p for p in (patch.target.module, patch.target.owner, patch.target.attr) if p)
-        for patch in (row[-1] for row in _applied)
-        if vars(patch.owner).get(patch.target.attr, _MISSING) is patch.wrapper
+        ".".join(p for p in (target.module, target.owner, target.attr) if p)
+        for ns, attr, _, wrapper, _, _, _, target in _applied
+        if ns.get(attr, _MISSING) is wrapper
     ]
     out.extend(f"{ns.get('__name__')}.{attr}" for ns, attr, _, w in _rebound if ns.get(attr) is w)
     return out

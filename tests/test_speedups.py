@@ -540,17 +540,19 @@ def _swap_world(before: dict[str, str]) -> tuple[Any, ...]:
     originals = {name: original(name) for name in _SWAP_ATTRS}
     wrappers = {name: original(f"wrapped {name}") for name in _SWAP_ATTRS}
     foreign = {name: original(f"foreign {name}") for name in _SWAP_ATTRS}
-    rows = []
+    rows = []  # made as patches.py makes them
     for name in _SWAP_ATTRS:
         if name.startswith("m"):
             setattr(module, name, originals[name])
-            rows.append((vars(module), name, originals[name], wrappers[name], None, originals[name], True, None))
+            owner, had_own = module, True
         elif name.startswith("c"):
             type.__setattr__(Child, name, originals[name])
-            rows.append((vars(Child), name, originals[name], wrappers[name], Child, originals[name], True, None))
+            owner, had_own = Child, True
         else:  # inherited: patched on Child, deleted from it again at restore
             type.__setattr__(Base, name, originals[name])
-            rows.append((vars(Child), name, patches._MISSING, wrappers[name], Child, originals[name], False, None))
+            owner, had_own = Child, False
+        target = patches.Target("swap_world", "" if owner is module else "Child", name, name)
+        rows.append(patches._Patch(target, owner, originals[name], wrappers[name], had_own).row)
     owner = {name: module if name.startswith("m") else Child for name in _SWAP_ATTRS}
 
     def interfere(plan: dict[str, str]) -> None:

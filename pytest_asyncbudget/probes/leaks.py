@@ -1448,10 +1448,7 @@ def _fixture_snapshots(item: Any) -> dict[int, tuple[Any, int, tuple[tuple[Owner
         import pytest
 
         _SNAPSHOTS_KEY = pytest.StashKey[dict]()
-    cache = stash.get(_SNAPSHOTS_KEY, None)
-    if cache is None:
-        cache = stash[_SNAPSHOTS_KEY] = {}
-    return cache  # type: ignore[no-any-return]
+    return stash.setdefault(_SNAPSHOTS_KEY, {})  # type: ignore[no-any-return]
 
 
 def _runner_modules() -> list[Any]:
