@@ -325,3 +325,31 @@ def test_fixture_snapshot_is_shared_by_the_tests_of_one_function():
     defs["late"] = [types.SimpleNamespace(scope="function", func=other_test)]  # the info grew
     c = probes.LeakProbe._snapshot_functions(first)
     assert (probes.Owner(probes.FIXTURE, "late", "function"), other_test) in c
+
+
+def test_a_runner_module_imported_during_the_test_is_patched_from_then_on(monkeypatch):
+    """anyio's runner module may first be imported by the test's own setup: the phases
+    after that put the shutdown seam on it too."""
+    runner_module = types.ModuleType("fake_runner_module")
+
+    def cancel_all_tasks(loop):
+        pass
+
+    runner_module._cancel_all_tasks = cancel_all_tasks
+    backend = types.ModuleType("anyio._backends._asyncio")
+    backend.Runner = type("Runner", (), {"__module__": "fake_runner_module"})
+    monkeypatch.delitem(sys.modules, "anyio._backends._asyncio", raising=False)
+    probe = probes.LeakProbe(probes.LeakSettings(grace=0), _context())
+    probe.phase_started("setup")
+    assert runner_module._cancel_all_tasks is cancel_all_tasks  # not imported yet
+    probe.phase_stopped("setup")
+    monkeypatch.setitem(sys.modules, "fake_runner_module", runner_module)  # "imported" now
+    monkeypatch.setitem(sys.modules, "anyio._backends._asyncio", backend)
+    probe.phase_started("call")
+    try:
+        assert runner_module._cancel_all_tasks is not cancel_all_tasks
+    finally:
+        probe.phase_stopped("call")
+    assert runner_module._cancel_all_tasks is cancel_all_tasks
+    probe.phase_started("teardown")
+    probe.phase_stopped("teardown")
