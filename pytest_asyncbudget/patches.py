@@ -1045,6 +1045,8 @@ class _Patch:
 _patches: dict[tuple[str, str, str], _Patch] = {}
 #: id(original) -> (original, wrapper): one wrapper per original, wherever it is found.
 _wrappers: dict[int, tuple[Any, Any]] = {}
+#: id(wrapper) -> wrapper, for every wrapper in _wrappers (never wrap a wrapper).
+_wrapper_ids: dict[int, Any] = {}
 
 
 def _make_wrapper(target: Target, original: Any) -> Any:
@@ -1061,6 +1063,7 @@ def _make_wrapper(target: Target, original: Any) -> Any:
     else:
         wrapper = _function_wrapper(target.name, original, target.kind)
     _wrappers[id(original)] = (original, wrapper)
+    _wrapper_ids[id(wrapper)] = wrapper
     _user_modules.clear()  # a new original to look for: scan the user's modules again
     _modules_seen = -1
     return wrapper
@@ -1085,7 +1088,7 @@ def _resolve(target: Target) -> _Patch | None:
     original = own[target.attr] if had_own else getattr(owner, target.attr, _MISSING)
     if original is _MISSING or not callable(original):
         return None
-    if any(original is w for _, w in _wrappers.values()):
+    if _wrapper_ids.get(id(original)) is original:
         return None  # a stale wrapper of ours (should not happen); never wrap a wrapper
     wrapper = _make_wrapper(target, original)
     if owner is not module and isinstance(original, types.BuiltinFunctionType):

@@ -440,3 +440,27 @@ def test_prefixes_and_duplicates():
     assert [e.text for e in entries] == ["socket.socket", "os"]
     assert "socket.socket.recv" in entries[0].functions and "socket.getaddrinfo" not in entries[0].functions
     assert entries[1].caller == ("os", None) and "os.stat" in entries[1].functions
+
+
+def test_a_wrapper_of_ours_found_where_an_original_should_be_is_never_wrapped(monkeypatch):
+    """_resolve must not wrap one of its own wrappers (a wrapper around a wrapper would
+    report every call twice and could never be undone in the right order). The lookup
+    is by identity, so an equal-looking function that is not ours is still wrapped."""
+    sleep_patch = patches._resolve(next(t for t in patches.TARGETS if t.name == "time.sleep"))
+    assert sleep_patch is not None
+    ours = sleep_patch.row[3]  # the wrapper of time.sleep
+    fake = types.ModuleType("_asyncbudget_fake_module")
+    fake.sleep = ours
+    fake.other = lambda seconds: None
+    monkeypatch.setitem(sys.modules, fake.__name__, fake)
+    target = patches.Target(fake.__name__, "", "sleep", f"{fake.__name__}.sleep", None)
+    assert patches._resolve(target) is None
+    other = patches.Target(fake.__name__, "", "other", f"{fake.__name__}.other", None)
+    patch = patches._resolve(other)
+    try:
+        assert patch is not None and patch.row[5] is fake.other and patch.row[3] is not fake.other
+    finally:  # leave the session's tables as they were
+        patches._patches.pop((fake.__name__, "", "other"), None)
+        made = patches._wrappers.pop(id(fake.other), None)
+        if made is not None:
+            patches._wrapper_ids.pop(id(made[1]), None)
