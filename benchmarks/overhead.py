@@ -322,15 +322,28 @@ def print_table(summary: dict[str, dict[str, dict[str, float]]]) -> None:
     print(f"(rounds: {rounds}; ratio = configuration / plain; the CI is distribution-free, from order statistics)")
 
 
-def summarize_file(path: str) -> int:
-    """The tables of an earlier run, from its JSON (the runs are kept in full)."""
-    data = json.loads(Path(path).read_text())
-    runs = {
-        loop: {name: [c.Run(**rec) for rec in recs] for name, recs in per_config.items()}
-        for loop, per_config in data["runs"].items()
-    }
+def summarize_file(paths: list[str]) -> int:
+    """The tables of earlier runs, from their JSON (the runs are kept in full).
+
+    Several files are pooled: their rounds are put together (each round's configurations
+    stay paired with each other), which narrows the confidence intervals when the runs
+    measured the same code. Say so when quoting a pooled figure.
+    """
+    runs: dict[str, dict[str, list[c.Run]]] = {}
+    for path in paths:
+        data = json.loads(Path(path).read_text())
+        for loop, per_config in data["runs"].items():
+            if loop in runs and set(per_config) != set(runs[loop]):
+                print(f"{path}: its {loop} configurations ({', '.join(per_config)}) differ from the "
+                      f"earlier files' ({', '.join(runs[loop])}); cannot pool them")
+                return 1
+            for name, recs in per_config.items():
+                runs.setdefault(loop, {}).setdefault(name, []).extend(c.Run(**rec) for rec in recs)
+        machine = data.get("machine") or {}
+        print(f"{path}: {data.get('rounds')} rounds, git {machine.get('git')}, machine {machine}")
     loops = list(runs)
-    print(f"{path}: {data.get('rounds')} rounds, machine {data.get('machine')}")
+    if len(paths) > 1:
+        print(f"pooled: {', '.join(f'{loop} {len(runs[loop][next(iter(runs[loop]))])} rounds' for loop in loops)}")
     print_table(summarize(runs, loops))
     print_per_test(per_test_minimum(runs, loops))
     return 0
@@ -405,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--durations", action="store_true", help="print per-test durations once and exit")
     ap.add_argument("--profile", action="store_true", help="cProfile one plugin session per loop and exit")
     ap.add_argument("--keep", action="store_true", help="keep the generated suite and print where it is")
-    ap.add_argument("--summarize", metavar="JSON", help="print the tables again from an earlier --json file; run nothing")
+    ap.add_argument("--summarize", metavar="JSON", nargs="+",
+                    help="print the tables again from earlier --json files (several are pooled); run nothing")
     ns = ap.parse_args(argv)
     if ns.summarize:
         return summarize_file(ns.summarize)
