@@ -39,16 +39,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as c  # noqa: E402
-
-TESTS = '''\
-import pytest
-
-
-@pytest.mark.asyncio
-@pytest.mark.parametrize("i", range({n}))
-async def test_trivial_async(i):
-    pass
-'''
+from fixed_cost import ASYNC_TESTS  # noqa: E402
 
 #: Times each test's protocol, outermost (tryfirst wrapper), and writes the list at the end.
 PROTOCOL_TIMER = '''
@@ -107,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         suites = {}
         for loop in [x.strip() for x in ns.loops.split(",") if x.strip()]:
             suites[loop] = c.write_project(
-                tmp / loop, loop, {"test_trivial.py": TESTS.format(n=ns.tests)}, extra_conftest=PROTOCOL_TIMER
+                tmp / loop, loop, {"test_trivial.py": ASYNC_TESTS.format(n=ns.tests)}, extra_conftest=PROTOCOL_TIMER
             )
         for loop, root in suites.items():  # warm-up: .pyc caches, and a check that all pass
             for name, args in configs.items():
