@@ -1043,10 +1043,11 @@ class _Patch:
 
 #: (module name, owner, attr) -> patch, for the module objects seen so far.
 _patches: dict[tuple[str, str, str], _Patch] = {}
-#: id(original) -> (original, wrapper): one wrapper per original, wherever it is found.
+#: One wrapper per original, wherever it is found: (original, wrapper) under the id of
+#: each of the two (both are kept alive here, so neither id is reused). The same table
+#: answers "is this one of our wrappers?" (never wrap a wrapper) and, for the module scan,
+#: "is this value a patched function or its wrapper?".
 _wrappers: dict[int, tuple[Any, Any]] = {}
-#: id(wrapper) -> wrapper, for every wrapper in _wrappers (never wrap a wrapper).
-_wrapper_ids: dict[int, Any] = {}
 
 
 def _make_wrapper(target: Target, original: Any) -> Any:
@@ -1062,8 +1063,7 @@ def _make_wrapper(target: Target, original: Any) -> Any:
         wrapper = _sqlite_connect_wrapper(target.name, original)
     else:
         wrapper = _function_wrapper(target.name, original, target.kind)
-    _wrappers[id(original)] = (original, wrapper)
-    _wrapper_ids[id(wrapper)] = wrapper
+    _wrappers[id(original)] = _wrappers[id(wrapper)] = (original, wrapper)
     _user_modules.clear()  # a new original to look for: scan the user's modules again
     _modules_seen = -1
     return wrapper
@@ -1088,7 +1088,8 @@ def _resolve(target: Target) -> _Patch | None:
     original = own[target.attr] if had_own else getattr(owner, target.attr, _MISSING)
     if original is _MISSING or not callable(original):
         return None
-    if _wrapper_ids.get(id(original)) is original:
+    known = _wrappers.get(id(original))
+    if known is not None and known[1] is original:
         return None  # a stale wrapper of ours (should not happen); never wrap a wrapper
     wrapper = _make_wrapper(target, original)
     if owner is not module and isinstance(original, types.BuiltinFunctionType):
@@ -1110,8 +1111,6 @@ def _scan_user_modules() -> None:
     global _modules_seen
     if len(sys.modules) == _modules_seen:
         return
-    by_identity = {id(o): (o, w) for o, w in _wrappers.values()}
-    by_identity.update({id(w): (o, w) for o, w in _wrappers.values()})
     for name, module in list(sys.modules.items()):
         if name in _other_modules:
             continue
@@ -1129,7 +1128,7 @@ def _scan_user_modules() -> None:
             continue
         bindings = []
         for attr, value in list(namespace.items()):
-            pair = by_identity.get(id(value))
+            pair = _wrappers.get(id(value))
             if pair is not None and (value is pair[0] or value is pair[1]):
                 bindings.append((attr, pair[0], pair[1]))
         _user_modules[name] = (module, bindings)

@@ -463,4 +463,4 @@ def test_a_wrapper_of_ours_found_where_an_original_should_be_is_never_wrapped(mo
         patches._patches.pop((fake.__name__, "", "other"), None)
         made = patches._wrappers.pop(id(fake.other), None)
         if made is not None:
-            patches._wrapper_ids.pop(id(made[1]), None)
+            patches._wrappers.pop(id(made[1]), None)
