@@ -67,16 +67,22 @@ def pytest_unconfigure(config):
 '''
 
 
-def _timed(root: Path, args: list[str]) -> tuple[c.Run, list[float]]:
+def _timed(root: Path, args: list[str]) -> tuple[c.Run, list[float], int]:
+    """One run (retried if it crashed), each test's protocol time, and how many crashed."""
     fd, name = tempfile.mkstemp(prefix="asyncbudget-first-", suffix=".json")
     os.close(fd)
     out = Path(name)
     try:
-        run, _ = c.run_pytest_retry(root, args, env={"ASYNCBUDGET_BENCH_PROTOCOL": str(out)})
+        run, crashes = c.run_pytest_retry(root, args, env={"ASYNCBUDGET_BENCH_PROTOCOL": str(out)})
         text = out.read_text() if out.exists() else ""
-        return run, (json.loads(text) if text else [])
+        return run, (json.loads(text) if text else []), crashes
     finally:
         out.unlink(missing_ok=True)
+
+
+def _first_minus_warm(times: list[float]) -> float:
+    """How much longer a run's first test took than its median later test."""
+    return times[0] - statistics.median(times[1:])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -102,17 +108,19 @@ def main(argv: list[str] | None = None) -> int:
             )
         for loop, root in suites.items():  # warm-up: .pyc caches, and a check that all pass
             for name, args in configs.items():
-                run, times = _timed(root, args)
+                run, times, _ = _timed(root, args)
                 if run.rc != 0 or len(times) != ns.tests:
                     print(f"[{loop}/{name}] warm-up failed (rc={run.rc}, {len(times)} tests timed):\n{run.tail}")
                     return 1
 
         runs: dict[str, dict[str, list[list[float]]]] = {loop: {"plain": [], "plugin": []} for loop in suites}
+        crashes = {loop: {"plain": 0, "plugin": 0} for loop in suites}
         for r in range(ns.rounds):
             order = ["plain", "plugin"] if r % 2 == 0 else ["plugin", "plain"]
             for loop, root in suites.items():
                 for name in order:
-                    run, times = _timed(root, configs[name])
+                    run, times, crashed = _timed(root, configs[name])
+                    crashes[loop][name] += crashed
                     if run.rc != 0 or len(times) != ns.tests:
                         print(f"[{loop}/{name}] round {r + 1} failed (rc={run.rc}):\n{run.tail}")
                         return 1
@@ -130,13 +138,12 @@ def main(argv: list[str] | None = None) -> int:
                 rows[name] = {
                     "first_ms": c.median(firsts) * 1e3,
                     "warm_ms": c.median(warms) * 1e3,
-                    "extra_ms": c.median([f - w for f, w in zip(firsts, warms)]) * 1e3,
+                    "extra_ms": c.median([_first_minus_warm(t) for t in runs[loop][name]]) * 1e3,
                 }
                 print(f"{loop:8} {name:7} {rows[name]['first_ms']:9.2f}ms {rows[name]['warm_ms']:8.3f}ms "
                       f"{rows[name]['extra_ms']:11.2f}ms")
             one_off = [
-                (q[0] - statistics.median(q[1:])) - (p[0] - statistics.median(p[1:]))
-                for p, q in zip(runs[loop]["plain"], runs[loop]["plugin"])
+                _first_minus_warm(q) - _first_minus_warm(p) for p, q in zip(runs[loop]["plain"], runs[loop]["plugin"])
             ]
             low, high = c.median_ci(one_off)
             rows["one_off_ms"] = c.median(one_off) * 1e3
@@ -144,6 +151,9 @@ def main(argv: list[str] | None = None) -> int:
             ci = "too few rounds for a CI" if math.isnan(low) else f"95% CI {low * 1e3:.2f}-{high * 1e3:.2f} ms"
             print(f"{loop:8} one-off cost of the plugin's first test: {rows['one_off_ms']:.2f} ms "
                   f"({ci}, paired over {ns.rounds} rounds)")
+            print(f"{loop:8} runs that crashed (killed by a signal; retried, not timed): "
+                  f"plain {crashes[loop]['plain']}, plugin {crashes[loop]['plugin']}")
+            rows["crashed"] = crashes[loop]
             summary[loop] = rows
         if ns.json:
             c.write_json(ns.json, "first_test", machine=info, tests=ns.tests, rounds=ns.rounds,
