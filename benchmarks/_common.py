@@ -48,12 +48,37 @@ import pytest
 
 _T = {}
 _DURATIONS = {}
+_PROTOCOLS = {}
+#: Seconds spent in garbage collections, by the test they fell in ("" outside tests).
+_GC = {}
+_NOW = [""]
 
 if os.environ.get("ASYNCBUDGET_BENCH_DURATIONS"):
+    import gc
+
+    def _gc_timer(phase, info, _start=[0.0]):
+        if phase == "start":
+            _start[0] = time.perf_counter()
+        else:
+            _GC[_NOW[0]] = _GC.get(_NOW[0], 0.0) + time.perf_counter() - _start[0]
+
+    gc.callbacks.append(_gc_timer)
 
     def pytest_runtest_logreport(report):
         if report.when == "call":
             _DURATIONS[report.nodeid] = report.duration
+
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_runtest_protocol(item, nextitem):
+        # The whole test, from outside every other wrapper: setup, call, teardown, the
+        # reports, and the plugin's own per-test work between them.
+        _NOW[0] = item.nodeid
+        start = time.perf_counter()
+        try:
+            return (yield)
+        finally:
+            _PROTOCOLS[item.nodeid] = time.perf_counter() - start
+            _NOW[0] = ""
 
 
 if os.environ.get("ASYNCBUDGET_BENCH_ONLY"):
@@ -109,6 +134,8 @@ def pytest_sessionfinish(session, exitstatus):
                 "exitstatus": int(exitstatus),
                 "planned_budgets": planned,
                 "durations": _DURATIONS,
+                "protocols": _PROTOCOLS,
+                "gc": _GC,
             },
             f,
         )
@@ -185,6 +212,10 @@ class Run:
     planned_budgets: dict[str, int] = field(default_factory=dict)
     tail: str = ""
     durations: dict[str, float] = field(default_factory=dict)
+    #: Each test's whole protocol (setup to teardown report), in the order they ran.
+    protocols: dict[str, float] = field(default_factory=dict)
+    #: Seconds of garbage collection, by test ("" for the time outside the tests).
+    gc: dict[str, float] = field(default_factory=dict)
 
 
 def run_pytest(
@@ -229,6 +260,8 @@ def run_pytest(
             planned_budgets=data.get("planned_budgets", {}),
             tail=tail,
             durations=data.get("durations", {}),
+            protocols=data.get("protocols", {}),
+            gc=data.get("gc", {}),
         )
     finally:
         out.unlink(missing_ok=True)
