@@ -520,11 +520,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--durations", action="store_true", help="print per-test durations once and exit")
     ap.add_argument("--profile", action="store_true", help="cProfile one plugin session per loop and exit")
     ap.add_argument("--keep", action="store_true", help="keep the generated suite and print where it is")
+    ap.add_argument("--cpus", metavar="LIST",
+                    help="run every session on these CPUs only (e.g. 1): all its threads share them (Linux)")
     ap.add_argument("--summarize", metavar="JSON", nargs="+",
                     help="print the tables again from earlier --json files (several are pooled); run nothing")
     ns = ap.parse_args(argv)
     if ns.summarize:
         return summarize_file(ns.summarize)
+    if ns.cpus:
+        print(f"every session runs on CPU(s) {c.pin_to(ns.cpus)} only")
     print(f"plugin modules compiled to bytecode (as an installed plugin is): {c.precompile_plugin()}")
 
     loops = [x.strip() for x in ns.loops.split(",") if x.strip()]
