@@ -122,7 +122,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{ns.rounds} rounds; median over rounds of each process's best of 9")
     print(f"{'workload':9} " + " ".join(f"{v:>22}" for v in VARIANTS))
     for w in workloads:
-        base = statistics.median(run[w] for run in runs["none"])
         summary[w] = {}
         cells = []
         for v in VARIANTS:
