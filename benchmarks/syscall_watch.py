@@ -11,26 +11,35 @@ is a busy stretch of the loop. Another thread that reads that file every half
 millisecond, in C and without the GIL, could time the busy stretches with nothing at all
 running on the loop.
 
-This script checks the idea before anyone writes that thread. The watcher here is
-another *process* (so it has its own GIL and cannot slow the loop's), reading the file
-of a child that runs a uvloop loop:
+This script checks the idea with two watchers reading the file of a child process that
+runs a uvloop loop: a Python thread in this process (``watched``: its own GIL, so it
+cannot hold the loop's), and a thread inside the child, in C with no Python in it
+(``in-process``: the real design; compiled here with ``cc`` and loaded with ctypes,
+skipped without a compiler). Measured:
 
 * **precision**: the child blocks its loop for known times (``time.sleep`` and
   busy-waits, 5 ms to 200 ms, started from a timer), records when each block really
   began and ended, and the watcher rebuilds the busy stretches from its samples. The
   error is the stretch's length minus the block's;
+* **what it cannot see**: 100 ms of two tasks passing the loop back and forth with
+  ``sleep(0)``. Each iteration takes microseconds, so the real lag does too; but uvloop
+  then polls with a 0 timeout and never waits, and the watcher, sampling every half
+  millisecond, sees one busy stretch as long as the whole exchange (the "switching" row:
+  its "error" is that stretch's length). The heartbeat does not have this problem: it
+  is itself a callback, and runs between those iterations;
 * **cost to the loop**: one child runs ``to_thread`` batches (another a loopback TCP
-  echo) again and again, in rounds of three: with nothing, with a 1 ms heartbeat like
-  the probe's, and while being watched, in rotating order. The figures are the median
-  of the per-round ratios to nothing, with a 95% CI. One process for all three, because
+  echo) again and again, in rounds: with nothing, with a 1 ms heartbeat like the
+  probe's, and under each watcher, in rotating order. The figures are the median of the
+  per-round ratios to nothing, with a 95% CI. One process for all modes, because
   processes differ from one another by more than these costs.
 
-The watcher's own CPU (one ``pread`` of the file, about 2 us, per sample) is not in
-these figures: in the real design it would be a thread of the test process.
+The answer (``benchmarks/README.md``, session 11): precise for blocks between idle
+periods, cheaper than the heartbeat on I/O, but blind to lag in a loop that is never
+idle, so it cannot replace the heartbeat.
 
 Usage::
 
-    /work/venv/bin/python benchmarks/syscall_watch.py --rounds 15 --json watch.json
+    /work/venv/bin/python benchmarks/syscall_watch.py --rounds 81 --json watch.json
 """
 
 from __future__ import annotations
@@ -38,8 +47,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -51,12 +62,94 @@ import _common as c  # noqa: E402
 #: System calls an idle epoll loop waits in (x86-64 and aarch64 numbers).
 WAITS = {"x86_64": {232, 281, 441}, "aarch64": {22, 441}}
 
+#: The same watcher as a thread inside the loop's own process, in C with no Python in
+#: it (loaded with ctypes; ``ws_start`` and ``ws_stop`` are called around each
+#: repetition). Linux, x86-64 numbers for the epoll waits.
+WATCHER_C = r"""
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static int fd = -1;
+static long every_ns;
+static volatile int stop_flag;
+static pthread_t thread;
+static double *times;
+static unsigned char *states;
+static int cap, count;
+
+static void *run(void *arg) {
+    char buf[512];
+    struct timespec ts, nap = {0, every_ns};
+    (void)arg;
+    while (!stop_flag && count < cap) {
+        ssize_t n = pread(fd, buf, sizeof buf - 1, 0);
+        unsigned char waiting = 0;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        if (n > 0 && buf[0] != 'r') {
+            char *p;
+            long nr;
+            buf[n] = 0;
+            nr = strtol(buf, &p, 10);
+            if (nr == 232 || nr == 281 || nr == 441) {  /* epoll_wait(fd, events, max, timeout) */
+                unsigned long long v = 0;
+                int i;
+                for (i = 0; i < 4; i++) v = strtoull(p, &p, 16);
+                waiting = v != 0;
+            }
+        }
+        times[count] = ts.tv_sec + ts.tv_nsec * 1e-9;
+        states[count] = waiting;
+        count++;
+        nanosleep(&nap, NULL);
+    }
+    return NULL;
+}
+
+int ws_start(const char *path, long interval_ns, int max_samples) {
+    fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    every_ns = interval_ns; cap = max_samples; count = 0; stop_flag = 0;
+    times = malloc(sizeof(double) * cap);
+    states = malloc(cap);
+    return pthread_create(&thread, NULL, run, NULL);
+}
+
+int ws_stop(double *out_times, unsigned char *out_states, int max) {
+    int n;
+    stop_flag = 1;
+    pthread_join(thread, NULL);
+    close(fd);
+    fd = -1;
+    n = count < max ? count : max;
+    memcpy(out_times, times, sizeof(double) * n);
+    memcpy(out_states, states, n);
+    free(times);
+    free(states);
+    return n;
+}
+"""
+
 CHILD = r'''
 import asyncio, json, os, sys, threading, time
 import uvloop
 
-work, interval = sys.argv[1], float(sys.argv[2])
-clock = time.perf_counter
+work, interval, watcher_so, every = sys.argv[1], float(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+clock = time.perf_counter  # CLOCK_MONOTONIC on Linux, as the watchers' clocks
+
+CAP = 1 << 20
+if watcher_so:
+    import ctypes
+    ws = ctypes.CDLL(watcher_so)
+    ws.ws_start.argtypes = [ctypes.c_char_p, ctypes.c_long, ctypes.c_int]
+    ws.ws_stop.argtypes = [ctypes.POINTER(ctypes.c_double), ctypes.POINTER(ctypes.c_ubyte), ctypes.c_int]
+    out_t = (ctypes.c_double * CAP)()
+    out_s = (ctypes.c_ubyte * CAP)()
+    own = f"/proc/self/task/{threading.get_native_id()}/syscall".encode()
 
 def _double(i):
     return i * 2
@@ -94,6 +187,18 @@ async def blocks():
                 while clock() - start < d:
                     pass
             done.append((kind, d, start, clock()))
+    # No block at all: 100 ms of two tasks passing the loop back and forth. Every
+    # iteration is a few microseconds, so the longest lag is too; but uvloop then polls
+    # with a 0 timeout and never waits, so a watcher sees one long busy stretch.
+    await asyncio.sleep(0.03)
+    async def ping():
+        end = clock() + 0.1
+        while clock() < end:
+            await asyncio.sleep(0)
+    start = clock()
+    await asyncio.gather(ping(), ping())
+    mid = (start + clock()) / 2
+    done.append(("switching", 0.0, mid, mid))
     await asyncio.sleep(0.03)
     return done
 
@@ -109,12 +214,20 @@ async def main():
             def tick():
                 beat[0] = loop.call_later(interval, tick)
             tick()
+        if mode == "in-process":
+            if ws.ws_start(own, int(every * 1e9), CAP) != 0:
+                raise SystemExit("could not start the compiled watcher")
         t0 = clock()
         result = await {"to_thread": to_thread_work, "echo": echo_work, "blocks": blocks}[work]()
         elapsed = clock() - t0
+        samples = []
+        if mode == "in-process":
+            n = ws.ws_stop(out_t, out_s, CAP)
+            samples = [(out_t[i], bool(out_s[i])) for i in range(n)]
         if beat[0] is not None:
             beat[0].cancel()
-        print(json.dumps({"elapsed": elapsed, "blocks": result if work == "blocks" else None}), flush=True)
+        print(json.dumps({"elapsed": elapsed, "blocks": result if work == "blocks" else None,
+                          "samples": samples}), flush=True)
 
 uvloop.run(main())
 '''
@@ -142,9 +255,9 @@ def _watch(path: str, interval: float, stop: threading.Event, waits: set[int], o
 class Child:
     """A child process running a uvloop loop, and repetitions of *work* in it on demand."""
 
-    def __init__(self, work: str, watch_every: float, beat: float = 0.001) -> None:
+    def __init__(self, work: str, watch_every: float, watcher_so: str = "", beat: float = 0.001) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", CHILD, work, str(beat)],
+            [sys.executable, "-c", CHILD, work, str(beat), watcher_so, str(watch_every)],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=c.clean_env(),
         )
         assert self.proc.stdout is not None
@@ -169,7 +282,7 @@ class Child:
         stop.set()
         if watcher is not None:
             watcher.join()
-        result["samples"] = samples
+            result["samples"] = samples
         return result
 
     def close(self) -> None:
@@ -192,11 +305,26 @@ def stretches(samples: list[tuple[float, bool]]) -> list[tuple[float, float]]:
     return out
 
 
-def precision(rounds: int, every: float) -> list[dict]:
+def build_watcher(where: Path) -> str:
+    """Compile WATCHER_C into a shared library in *where* ("" when there is no compiler)."""
+    src = where / "watcher.c"
+    so = where / "watcher.so"
+    src.write_text(WATCHER_C)
+    cc = os.environ.get("CC", "cc")
+    try:
+        subprocess.run([cc, "-O2", "-shared", "-fPIC", "-pthread", "-o", str(so), str(src)], check=True,
+                       capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        print(f"no compiled watcher ({exc}): only the watcher in another process is measured")
+        return ""
+    return str(so)
+
+
+def precision(rounds: int, every: float, mode: str, watcher_so: str) -> list[dict]:
     rows = []
-    child = Child("blocks", every)
+    child = Child("blocks", every, watcher_so)
     for _ in range(rounds):
-        res = child.run("watched")
+        res = child.run(mode)
         found = stretches(res["samples"])
         for kind, d, start, end in res["blocks"]:
             over = [(s, e) for s, e in found if s < end and e > start]
@@ -219,27 +347,35 @@ def main(argv: list[str] | None = None) -> int:
         print("Linux only (/proc/PID/task/TID/syscall)")
         return 1
 
-    rows = precision(max(ns.rounds // 3, 3), ns.every)
-    print(f"precision (watcher every {ns.every * 1e3:g} ms; error = rebuilt stretch - real block):")
+    tmp = Path(tempfile.mkdtemp(prefix="asyncbudget-watch-"))
+    watcher_so = build_watcher(tmp)
+    watchers = ["watched"] + (["in-process"] if watcher_so else [])
     summary: dict[str, dict] = {"precision": {}, "cost": {}}
-    for kind in ("sleep", "busy"):
-        for d in sorted({r["block_ms"] for r in rows}):
-            errs = [r["error_ms"] for r in rows if r["kind"] == kind and r["block_ms"] == d]
-            seen = [e for e in errs if e is not None]
-            med = c.median(seen) if seen else float("nan")
-            worst = max((abs(e) for e in seen), default=float("nan"))
-            summary["precision"][f"{kind} {d:g} ms"] = {"median_ms": med, "max_abs_ms": worst, "missed": len(errs) - len(seen)}
-            print(f"  {kind:5} {d:6.0f} ms: median {med:+.3f} ms, max |error| {worst:.3f} ms, missed {len(errs) - len(seen)} of {len(errs)}")
+    all_rows: dict[str, list[dict]] = {}
+    for mode in watchers:
+        rows = all_rows[mode] = precision(max(ns.rounds // 3, 3), ns.every, mode, watcher_so)
+        print(f"precision, watcher {mode} (every {ns.every * 1e3:g} ms; error = rebuilt stretch - real block):")
+        for kind in ("sleep", "busy", "switching"):
+            for d in sorted({r["block_ms"] for r in rows if r["kind"] == kind}):
+                errs = [r["error_ms"] for r in rows if r["kind"] == kind and r["block_ms"] == d]
+                seen = [e for e in errs if e is not None]
+                med = c.median(seen) if seen else float("nan")
+                worst = max((abs(e) for e in seen), default=float("nan"))
+                summary["precision"][f"{mode}: {kind} {d:g} ms"] = {
+                    "median_ms": med, "max_abs_ms": worst, "missed": len(errs) - len(seen),
+                }
+                print(f"  {kind:5} {d:6.0f} ms: median {med:+.3f} ms, max |error| {worst:.3f} ms, "
+                      f"missed {len(errs) - len(seen)} of {len(errs)}")
 
-    modes = ("plain", "heartbeat", "watched")
+    modes = ("plain", "heartbeat", *watchers)
     for work in ("to_thread", "echo"):
         # Every mode in the same child process, round by round: processes differ from
         # one another by more than these costs (benchmarks/README.md, session 11).
         ratios: dict[str, list[float]] = {m: [] for m in modes[1:]}
-        child = Child(work, ns.every)
+        child = Child(work, ns.every, watcher_so)
         child.run("plain")  # warm-up
         for r in range(ns.rounds):
-            order = modes[r % 3:] + modes[: r % 3]
+            order = modes[r % len(modes):] + modes[: r % len(modes)]
             took = {mode: child.run(mode)["elapsed"] for mode in order}
             for mode in modes[1:]:
                 ratios[mode].append(took[mode] / took["plain"])
@@ -250,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
                           for m, v in ratios.items()))
     if ns.json:
         c.write_json(ns.json, "syscall_watch", machine=c.machine_info(), every=ns.every, rounds=ns.rounds,
-                     summary=summary, precision_rows=rows)
+                     summary=summary, precision_rows=all_rows)
+    shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
