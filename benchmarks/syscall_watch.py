@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Could uvloop's lag be measured without the heartbeat? A feasibility check, no plugin.
 
-On uvloop the lag probe runs a 1 ms heartbeat (``probes/lag.py``). Its cost is worst for
-code that waits on threads (``to_thread``): see ``benchmarks/README.md``, session 11.
+On uvloop the lag probe runs a 1 ms heartbeat (``probes/lag.py``), which costs a loop
+that does I/O about 2% (``loop_seams.py``), and may cost code that waits on threads more
+(``benchmarks/README.md``, session 11).
 Linux shows every thread's current system call in ``/proc/PID/task/TID/syscall``: the
 call's number and arguments while the thread is in one, ``running`` while it runs user
 code. An idle uvloop loop is in ``epoll_pwait``/``epoll_wait`` with a timeout other than
