@@ -520,6 +520,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--durations", action="store_true", help="print per-test durations once and exit")
     ap.add_argument("--profile", action="store_true", help="cProfile one plugin session per loop and exit")
     ap.add_argument("--keep", action="store_true", help="keep the generated suite and print where it is")
+    ap.add_argument("--kinds", metavar="LIST",
+                    help="run only these kinds of test (e.g. to_thread,tcp_echo), in every configuration")
     ap.add_argument("--cpus", metavar="LIST",
                     help="run every session on these CPUs only (e.g. 1): all its threads share them (Linux)")
     ap.add_argument("--summarize", metavar="JSON", nargs="+",
@@ -534,6 +536,10 @@ def main(argv: list[str] | None = None) -> int:
     loops = [x.strip() for x in ns.loops.split(",") if x.strip()]
     budget, used, skipped = c.budget_args(extra=ns.budget_opt)
     common = ["-o", f"faulthandler_timeout={ns.faulthandler_timeout:g}"] if ns.faulthandler_timeout > 0 else []
+    if ns.kinds:
+        kinds = [k.strip().removeprefix("test_") for k in ns.kinds.split(",") if k.strip()]
+        common += ["-k", " or ".join(f"test_{k}" for k in kinds)]
+        print(f"only these kinds of test, in every configuration: {', '.join(kinds)}")
     budget = common + budget
     print(f"budgets on in the plugin configuration: {' '.join(used) or '(none found!)'}")
     if skipped:
