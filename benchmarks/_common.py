@@ -416,9 +416,9 @@ def median_ci(xs: list[float], level: float = 0.95) -> tuple[float, float]:
 def pin_to(cpus: str) -> list[int]:
     """Run this process, and so every pytest it starts, on the CPUs listed ("1", "0,1").
 
-    On this 2-core VM one core is much noisier than the other (it takes most device
-    interrupts and the kernel's memory-monitoring thread): unpinned, the fastest copy of
-    a test varies by 15-20% from process to process; on the quiet core by 1-5%.
+    On this 2-core VM CPU 0 takes most device interrupts and the kernel's
+    memory-monitoring thread. Pinning to CPU 1 looked steadier over 8 runs, but not over
+    a 24-round benchmark (benchmarks/README.md, session 11); kept for other machines.
     """
     chosen = {int(x) for x in cpus.split(",") if x.strip()}
     os.sched_setaffinity(0, chosen)

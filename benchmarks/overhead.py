@@ -232,6 +232,10 @@ def summarize(runs: dict[str, dict[str, list[c.Run]]], loops: list[str]) -> dict
     return out
 
 
+def _kind(nodeid: str) -> str:
+    return nodeid.split("::")[-1].split("[")[0]
+
+
 def per_test_minimum(runs: dict[str, dict[str, list[c.Run]]], loops: list[str]) -> dict[str, dict[str, Any]]:
     """loop -> configuration -> the low-noise estimate: per kind of test, the fastest call
     over all its copies and rounds; summed over the kinds; as a ratio to plain.
@@ -253,7 +257,7 @@ def per_test_minimum(runs: dict[str, dict[str, list[c.Run]]], loops: list[str]) 
             for run in rs:
                 fastest: dict[str, float] = {}
                 for nodeid, seconds in run.durations.items():
-                    kind = nodeid.split("::")[-1].split("[")[0]
+                    kind = _kind(nodeid)
                     fastest[kind] = min(seconds, fastest.get(kind, float("inf")))
                 for kind, seconds in fastest.items():
                     kinds[kind] = min(seconds, kinds.get(kind, float("inf")))
@@ -281,10 +285,6 @@ def per_test_minimum(runs: dict[str, dict[str, list[c.Run]]], loops: list[str]) 
                 },
             }
     return out
-
-
-def _kind(nodeid: str) -> str:
-    return nodeid.split("::")[-1].split("[")[0]
 
 
 def _spike_free(run: c.Run) -> dict[str, float] | None:
@@ -322,13 +322,15 @@ def whole_test_estimate(runs: dict[str, dict[str, list[c.Run]]], loops: list[str
     """loop -> configuration (other than plain) -> the session clock, spikes taken out.
 
     The session clock of two runs a few seconds apart differs by 5-10% on a shared
-    machine, and part of that is single tests hit by a burst of other work. Each run's
+    machine, and part of that could be single tests hit by a burst of other work. Each run's
     session is rebuilt from its own parts (see :func:`_spike_free`): each kind of test
     counted at its fastest copy, or at its median copy, of that run; the first test's
     extra time; the time outside the tests. Unlike the per-test minimum above, this keeps
     everything the plugin does per test (setup, teardown, reports, its hooks between
     them) and per session (the first test's one-off work, collection). The rebuilt
-    sessions are then paired round by round, as the session clock is.
+    sessions are then paired round by round, as the session clock is. (On session 11's
+    machine most of the noise was in whole runs: the ``min`` variant's IQR was only
+    about a quarter narrower than the session clock's, the ``median`` one's no narrower.)
     """
     out: dict[str, dict[str, Any]] = {}
     for loop in loops:
@@ -462,7 +464,7 @@ def show_durations(projects: dict[str, Path], budget: list[str], runs: int = 3) 
                     print(f"[{loop}/{name}] {crashes} run(s) crashed (rc<0/>=128) and were retried")
                 sessions.append(run.session_s)
                 for nodeid, seconds in run.durations.items():
-                    by_test.setdefault(nodeid.split("::")[-1].split("[")[0], []).append(seconds * 1000)
+                    by_test.setdefault(_kind(nodeid), []).append(seconds * 1000)
             print(f"[{loop}/{name}] {run.items} tests, session median {c.median(sessions):.3f}s over {runs} runs")
             for test, ms in sorted(by_test.items()):
                 print(f"    {test:20} median {c.median(ms):7.1f} ms  (min {min(ms):.1f}, max {max(ms):.1f}, n={len(ms)})")
