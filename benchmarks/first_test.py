@@ -8,9 +8,9 @@ library directories that tells user code from library code is built, ``max_rss``
 once that the kernel's high-water mark can be reset, and the lag probe's watchdog thread
 starts. ``fixed_cost.py`` spreads that over 1,000 tests; this script measures it alone.
 
-Each run is a suite of ``--tests`` trivial async tests. A conftest hook times every
-test's whole protocol (setup, call, teardown and reporting) from outside the plugin's
-hooks. Per configuration, the figures are the median over the rounds of
+Each run is a suite of ``--tests`` trivial async tests. The benchmarks' shared timing
+conftest (``_common.py``) times every test's whole protocol (setup, call, teardown and
+reporting) from outside the plugin's hooks. Per configuration, the figures are the median over the rounds of
 
 * the first test's time, and
 * the median time of the tests after the first (warm).
@@ -27,9 +27,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import os
 import shutil
 import statistics
 import sys
@@ -41,43 +39,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as c  # noqa: E402
 from fixed_cost import ASYNC_TESTS  # noqa: E402
 
-#: Times each test's protocol, outermost (tryfirst wrapper), and writes the list at the end.
-PROTOCOL_TIMER = '''
-
-import json as _json
-import time as _time
-
-_PROTOCOL = []
-
-
-@pytest.hookimpl(wrapper=True, tryfirst=True)
-def pytest_runtest_protocol(item, nextitem):
-    start = _time.perf_counter()
-    try:
-        return (yield)
-    finally:
-        _PROTOCOL.append(_time.perf_counter() - start)
-
-
-def pytest_unconfigure(config):
-    out = os.environ.get("ASYNCBUDGET_BENCH_PROTOCOL")
-    if out:
-        with open(out, "w") as f:
-            _json.dump(_PROTOCOL, f)
-'''
-
 
 def _timed(root: Path, args: list[str]) -> tuple[c.Run, list[float], int]:
-    """One run (retried if it crashed), each test's protocol time, and how many crashed."""
-    fd, name = tempfile.mkstemp(prefix="asyncbudget-first-", suffix=".json")
-    os.close(fd)
-    out = Path(name)
-    try:
-        run, crashes = c.run_pytest_retry(root, args, env={"ASYNCBUDGET_BENCH_PROTOCOL": str(out)})
-        text = out.read_text() if out.exists() else ""
-        return run, (json.loads(text) if text else []), crashes
-    finally:
-        out.unlink(missing_ok=True)
+    """One run (retried if it crashed), each test's protocol time in order, and how many
+    crashed. The protocol times come from the shared timing conftest (``_common``)."""
+    run, crashes = c.run_pytest_retry(root, args, durations=True)
+    return run, list(run.protocols.values()), crashes
 
 
 def _first_minus_warm(times: list[float]) -> float:
@@ -103,9 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         suites = {}
         for loop in [x.strip() for x in ns.loops.split(",") if x.strip()]:
-            suites[loop] = c.write_project(
-                tmp / loop, loop, {"test_trivial.py": ASYNC_TESTS.format(n=ns.tests)}, extra_conftest=PROTOCOL_TIMER
-            )
+            suites[loop] = c.write_project(tmp / loop, loop, {"test_trivial.py": ASYNC_TESTS.format(n=ns.tests)})
         for loop, root in suites.items():  # warm-up: .pyc caches, and a check that all pass
             for name, args in configs.items():
                 run, times, _ = _timed(root, args)
