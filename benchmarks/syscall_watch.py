@@ -63,9 +63,14 @@ import _common as c  # noqa: E402
 #: System calls an idle epoll loop waits in (x86-64 and aarch64 numbers).
 WAITS = {"x86_64": {232, 281, 441}, "aarch64": {22, 441}}
 
+
+def _waits() -> set[int]:
+    """This machine's epoll wait system calls (x86-64's where the machine is not listed)."""
+    return WAITS.get(os.uname().machine, WAITS["x86_64"])
+
 #: The same watcher as a thread inside the loop's own process, in C with no Python in
 #: it (loaded with ctypes; ``ws_start`` and ``ws_stop`` are called around each
-#: repetition). Linux, x86-64 numbers for the epoll waits.
+#: repetition). ``IS_WAIT`` is filled in from ``_waits()`` when it is compiled.
 WATCHER_C = r"""
 #define _GNU_SOURCE
 #include <fcntl.h>
@@ -96,7 +101,7 @@ static void *run(void *arg) {
             long nr;
             buf[n] = 0;
             nr = strtol(buf, &p, 10);
-            if (nr == 232 || nr == 281 || nr == 441) {  /* epoll_wait(fd, events, max, timeout) */
+            if (IS_WAIT(nr)) {  /* epoll_wait(fd, events, max, timeout) */
                 unsigned long long v = 0;
                 int i;
                 for (i = 0; i < 4; i++) v = strtoull(p, &p, 16);
@@ -117,7 +122,14 @@ int ws_start(const char *path, long interval_ns, int max_samples) {
     every_ns = interval_ns; cap = max_samples; count = 0; stop_flag = 0;
     times = malloc(sizeof(double) * cap);
     states = malloc(cap);
-    return pthread_create(&thread, NULL, run, NULL);
+    if (times == NULL || states == NULL || pthread_create(&thread, NULL, run, NULL) != 0) {
+        free(times);
+        free(states);
+        close(fd);
+        fd = -1;
+        return -1;
+    }
+    return 0;
 }
 
 int ws_stop(double *out_times, unsigned char *out_states, int max) {
@@ -273,7 +285,7 @@ class Child:
         stop = threading.Event()
         watcher = None
         if mode == "watched":
-            waits = WAITS.get(os.uname().machine, WAITS["x86_64"])
+            waits = _waits()
             watcher = threading.Thread(target=_watch, args=(self.path, self.every, stop, waits, samples))
             watcher.start()
             time.sleep(0.01)
@@ -310,7 +322,8 @@ def build_watcher(where: Path) -> str:
     """Compile WATCHER_C into a shared library in *where* ("" when there is no compiler)."""
     src = where / "watcher.c"
     so = where / "watcher.so"
-    src.write_text(WATCHER_C)
+    test = " || ".join(f"(nr) == {n}" for n in sorted(_waits()))
+    src.write_text(f"#define IS_WAIT(nr) ({test})\n" + WATCHER_C)
     cc = os.environ.get("CC", "cc")
     try:
         subprocess.run([cc, "-O2", "-shared", "-fPIC", "-pthread", "-o", str(so), str(src)], check=True,
