@@ -249,39 +249,54 @@ class _SelectorTicks:
                 self._on_blocked(now - since, since, ready)
 
 
-class _HeartbeatTicks:
-    """Stretches of any other loop, estimated from a 1 ms heartbeat's gaps."""
+class _Beats:
+    """What both kinds of heartbeat share: a stretch is the gap between two beats minus
+    half an interval (see the module's docstring)."""
 
     precision = "heartbeat"
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, floor: float, on_blocked: OnBlocked) -> None:
+    def __init__(self, floor: float, on_blocked: OnBlocked) -> None:
         self.busy_since: float | None = _clock()
         self.iterations = 0
-        self._loop = loop
         self._floor = floor
         self._on_blocked = on_blocked
-        self._handle: asyncio.TimerHandle | None = loop.call_later(HEARTBEAT, self._beat)
 
-    def _beat(self) -> None:
-        now = _clock()
+    def _beat_at(self, now: float) -> None:
         since = self.busy_since
         self.busy_since = now
         self.iterations += 1
         if since is not None:
-            lag = now - since - HEARTBEAT / 2
-            if lag >= self._floor:
-                self._on_blocked(lag, since, None)
+            self._stretch(since, now)
+
+    def _end(self) -> None:
+        """The loop stopped: the stretch since the last beat ends now."""
+        since, self.busy_since = self.busy_since, None
+        if since is not None:
+            self._stretch(since, _clock())
+
+    def _stretch(self, since: float, now: float) -> None:
+        lag = now - since - HEARTBEAT / 2
+        if lag >= self._floor:
+            self._on_blocked(lag, since, None)
+
+
+class _HeartbeatTicks(_Beats):
+    """Stretches of any other loop, estimated from a 1 ms timer's beats."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, floor: float, on_blocked: OnBlocked) -> None:
+        super().__init__(floor, on_blocked)
+        self._loop = loop
+        self._handle: asyncio.TimerHandle | None = loop.call_later(HEARTBEAT, self._beat)
+
+    def _beat(self) -> None:
+        self._beat_at(_clock())
         self._handle = self._loop.call_later(HEARTBEAT, self._beat)
 
     def detach(self) -> None:
         handle, self._handle = self._handle, None
         if handle is not None:
             handle.cancel()
-        since, self.busy_since = self.busy_since, None
-        if since is not None:
-            lag = _clock() - since - HEARTBEAT / 2
-            if lag >= self._floor:
-                self._on_blocked(lag, since, None)
+        self._end()
 
 
 class _Pulse:
@@ -308,42 +323,40 @@ class _Pulse:
             return False
 
 
-#: The process's pulse once made; False where there is none (no compiled helpers, not
-#: Linux, or the thread could not get a descriptor table of its own).
-_PULSE: _Pulse | bool | None = None
+#: The process's pulse; None where there is none (no compiled helpers, not Linux, or the
+#: thread could not have a descriptor table of its own).
+_PULSE: _Pulse | None = None
+#: The process _PULSE was made for (0: not yet): a forked child makes its own.
+_PULSE_PID = 0
 
 
 def _pulse() -> _Pulse | None:
-    """The pulse for this process, made on first use (again in a forked child)."""
-    global _PULSE
-    pulse = _PULSE
-    if pulse is None or (pulse is not False and pulse.pid != os.getpid()):  # type: ignore[union-attr]
-        if pulse:  # a forked child: the parent's eventfd, which only the parent's thread writes
+    """The pulse of this process, made on first use (again in a forked child)."""
+    global _PULSE, _PULSE_PID
+    pid = os.getpid()
+    if _PULSE_PID != pid:
+        _PULSE_PID = pid
+        inherited, _PULSE = _PULSE, None
+        if inherited is not None:  # a forked child: the parent's eventfd, for the parent's thread
             try:
-                os.close(pulse.fd)  # type: ignore[union-attr]
+                os.close(inherited.fd)
             except OSError:
                 pass
-        _PULSE = pulse = False
         compiled = speedups()
         if compiled is not None and hasattr(compiled, "pulse_start") and hasattr(os, "eventfd"):
             try:
-                _PULSE = pulse = _Pulse(compiled)
+                _PULSE = _Pulse(compiled)
             except (OSError, RuntimeError):  # e.g. unshare forbidden: the timer it is
                 pass
-    return pulse or None  # type: ignore[return-value]
+    return _PULSE
 
 
-class _PulseTicks:
+class _PulseTicks(_Beats):
     """Stretches of any loop that takes readers, estimated from the pulse's 1 ms beats."""
 
-    precision = "heartbeat"
-
     def __init__(self, loop: asyncio.AbstractEventLoop, floor: float, on_blocked: OnBlocked, pulse: _Pulse) -> None:
-        self.busy_since: float | None = _clock()
-        self.iterations = 0
+        super().__init__(floor, on_blocked)
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._floor = floor
-        self._on_blocked = on_blocked
         self._pulse = pulse
         self._fd = pulse.fd
         loop.add_reader(pulse.fd, self._beat)  # undone in detach()
@@ -357,25 +370,16 @@ class _PulseTicks:
             os.read(self._fd, 8)  # take the count: the eventfd is quiet until the next write
         except OSError:  # BlockingIOError: nothing written since (a spurious wake-up)
             pass
-        now = _clock()
-        since = self.busy_since
-        self.busy_since = now
-        self.iterations += 1
-        if since is not None:
-            lag = now - since - HEARTBEAT / 2
-            if lag >= self._floor:
-                self._on_blocked(lag, since, None)
+        self._beat_at(_clock())
 
     def detach(self) -> None:
         self._pulse.disarm()
         loop, self._loop = self._loop, None
-        since, self.busy_since = self.busy_since, None
-        if loop is not None and not loop.is_closed():  # a closed loop has dropped it
-            loop.remove_reader(self._fd)
-        if since is not None:
-            lag = _clock() - since - HEARTBEAT / 2
-            if lag >= self._floor:
-                self._on_blocked(lag, since, None)
+        try:
+            if loop is not None and not loop.is_closed():  # a closed loop has dropped it
+                loop.remove_reader(self._fd)
+        finally:
+            self._end()
 
 
 class LagProbe(Probe):
