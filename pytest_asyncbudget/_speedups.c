@@ -28,10 +28,6 @@
  * unshare_files() (module level)   unshare(CLONE_FILES) for the calling thread, on Linux:
  *                                  os.unshare() for Pythons before 3.12 (sampler.py)
  *
- * pulse_start(fd, interval), pulse_arm(), pulse_disarm(), pulse_state() (module level,
- *                                  Linux): the lag probe's pulse thread on loops without a
- *                                  selector seam (lag.py, _PulseTicks), see below
- *
  * swap_in(rows, applied, missing), swap_out(applied, missing) (module level)
  *                                  no_blocking's per-test patching loops (patches.py,
  *                                  _apply_rows/_restore_rows), see below
@@ -42,11 +38,6 @@
 #include <time.h>
 #ifdef __linux__
 #include <sched.h>  /* unshare, CLONE_FILES (pyconfig.h has defined _GNU_SOURCE) */
-#include <errno.h>
-#include <pthread.h>
-#include <stdint.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 #endif
 
 /* time.perf_counter()'s clock: CLOCK_MONOTONIC on Linux, mach_absolute_time() (which
@@ -767,215 +758,12 @@ speedups_swap_out(PyObject *module, PyObject *args)
     Py_RETURN_NONE;
 }
 
-/*
- * The pulse: a thread with no Python in it that writes to an eventfd every `interval`
- * while armed (lag.py, _PulseTicks, reads it on the loop). uvloop has no seam per loop
- * iteration, so its busy stretches are timed by a beat callback; with a timer as the
- * beat, a timer is always pending, and every epoll_wait of the loop then gets a finite
- * timeout, which costs a loop doing I/O about 2% (benchmarks/loop_seams.py). A reader on
- * an eventfd costs nothing while nothing is written, and the thread writes whether the
- * loop is busy or not, so the beats come as often as the timer's.
- *
- * pulse_start(fd, interval)  once per process: start the thread for eventfd `fd`. The
- *                            thread first gives itself a file-descriptor table of its own
- *                            holding only `fd` (a thread sharing the table makes the
- *                            kernel charge every system call the loop makes on a
- *                            descriptor, see sampler.py). OSError when it cannot; the
- *                            thread is then gone and nothing is armed.
- * pulse_arm()                start writing (from the next interval on)
- * pulse_disarm()             stop writing; the thread waits, parked, for the next arm
- * pulse_state()              (running, armed), for the tests
- */
-#ifdef __linux__
-static struct {
-    pthread_mutex_t lock;
-    pthread_cond_t cond;
-    pid_t pid;          /* the process the thread runs in (0: none started) */
-    int running;        /* the thread is up and writing when armed */
-    int reported;       /* the thread has said whether its table is its own */
-    int error;          /* errno of the failed step, 0 if none */
-    int armed;          /* read by the thread without the lock: __atomic */
-    int fd;
-    long interval_ns;
-} pulse = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER, 0, 0, 0, 0, 0, -1, 1000000};
-
-static int
-pulse_private_table(int fd)
-{
-    if (unshare(CLONE_FILES) != 0) {
-        return errno;
-    }
-    /* Close this thread's copies of every other descriptor, so that a socket or pipe the
-     * test closes is really closed. */
-    if (fd > 0 && syscall(SYS_close_range, 0U, (unsigned int)fd - 1, 0U) != 0) {
-        return errno;
-    }
-    if (syscall(SYS_close_range, (unsigned int)fd + 1, ~0U, 0U) != 0) {
-        return errno;
-    }
-    return 0;
-}
-
-static void *
-pulse_run(void *arg)
-{
-    int fd = pulse.fd;
-    long interval = pulse.interval_ns;
-    int error = pulse_private_table(fd);
-    (void)arg;
-    pthread_mutex_lock(&pulse.lock);
-    pulse.error = error;
-    pulse.running = error == 0;
-    pulse.reported = 1;
-    pthread_cond_broadcast(&pulse.cond);
-    pthread_mutex_unlock(&pulse.lock);
-    if (error) {
-        return NULL;
-    }
-    const uint64_t one = 1;
-    struct timespec next, now;
-    for (;;) {
-        pthread_mutex_lock(&pulse.lock);
-        while (!__atomic_load_n(&pulse.armed, __ATOMIC_ACQUIRE)) {
-            pthread_cond_wait(&pulse.cond, &pulse.lock);
-        }
-        pthread_mutex_unlock(&pulse.lock);
-        clock_gettime(CLOCK_MONOTONIC, &next);
-        while (__atomic_load_n(&pulse.armed, __ATOMIC_ACQUIRE)) {
-            next.tv_nsec += interval;
-            while (next.tv_nsec >= 1000000000L) {
-                next.tv_nsec -= 1000000000L;
-                next.tv_sec++;
-            }
-            while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &next, NULL) == EINTR) {
-            }
-            if (!__atomic_load_n(&pulse.armed, __ATOMIC_ACQUIRE)) {
-                break;
-            }
-            if (write(fd, &one, sizeof one) < 0) {
-                /* EAGAIN: the counter is full (nobody reads); nothing else can happen */
-            }
-            clock_gettime(CLOCK_MONOTONIC, &now);
-            if (now.tv_sec > next.tv_sec + 1
-                || (now.tv_sec - next.tv_sec) * 1000000000L + (now.tv_nsec - next.tv_nsec) > interval) {
-                next = now; /* fell behind (descheduled): no burst of catch-up writes */
-            }
-        }
-    }
-    return NULL;
-}
-#endif
-
-static PyObject *
-speedups_pulse_start(PyObject *module, PyObject *args)
-{
-    int fd;
-    double interval;
-    if (!PyArg_ParseTuple(args, "id:pulse_start", &fd, &interval)) {
-        return NULL;
-    }
-#ifdef __linux__
-    if (fd < 0 || !(interval > 0.0 && interval < 1.0)) {
-        PyErr_SetString(PyExc_ValueError, "pulse_start: bad descriptor or interval");
-        return NULL;
-    }
-    pid_t pid = getpid();
-    if (pulse.pid != 0 && pulse.pid != pid) {
-        /* A forked child: the parent's thread is not here, its lock may be held. */
-        pthread_mutex_init(&pulse.lock, NULL);
-        pthread_cond_init(&pulse.cond, NULL);
-        pulse.pid = 0;
-        pulse.running = 0;
-        __atomic_store_n(&pulse.armed, 0, __ATOMIC_RELEASE);
-    }
-    if (pulse.pid != 0) {
-        PyErr_SetString(PyExc_RuntimeError, "pulse_start: already started in this process");
-        return NULL;
-    }
-    pulse.fd = fd;
-    pulse.interval_ns = (long)(interval * 1e9);
-    pulse.reported = 0;
-    pulse.error = 0;
-    pthread_t thread;
-    pthread_attr_t attr;
-    int rc = pthread_attr_init(&attr);
-    if (rc == 0) {
-        pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-        pthread_attr_setstacksize(&attr, 64 * 1024);
-        rc = pthread_create(&thread, &attr, pulse_run, NULL);
-        pthread_attr_destroy(&attr);
-    }
-    if (rc != 0) {
-        errno = rc;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    pulse.pid = pid;
-    int error;
-    Py_BEGIN_ALLOW_THREADS
-    pthread_mutex_lock(&pulse.lock);
-    while (!pulse.reported) {
-        pthread_cond_wait(&pulse.cond, &pulse.lock);
-    }
-    error = pulse.error;
-    pthread_mutex_unlock(&pulse.lock);
-    Py_END_ALLOW_THREADS
-    if (error) {
-        errno = error;
-        return PyErr_SetFromErrno(PyExc_OSError);
-    }
-    Py_RETURN_NONE;
-#else
-    errno = ENOSYS;
-    return PyErr_SetFromErrno(PyExc_OSError);
-#endif
-}
-
-static PyObject *
-speedups_pulse_arm(PyObject *module, PyObject *Py_UNUSED(ignored))
-{
-#ifdef __linux__
-    if (pulse.running && pulse.pid == getpid()) {
-        pthread_mutex_lock(&pulse.lock);
-        __atomic_store_n(&pulse.armed, 1, __ATOMIC_RELEASE);
-        pthread_cond_signal(&pulse.cond);
-        pthread_mutex_unlock(&pulse.lock);
-        Py_RETURN_TRUE;
-    }
-#endif
-    Py_RETURN_FALSE;
-}
-
-static PyObject *
-speedups_pulse_disarm(PyObject *module, PyObject *Py_UNUSED(ignored))
-{
-#ifdef __linux__
-    __atomic_store_n(&pulse.armed, 0, __ATOMIC_RELEASE);
-#endif
-    Py_RETURN_NONE;
-}
-
-static PyObject *
-speedups_pulse_state(PyObject *module, PyObject *Py_UNUSED(ignored))
-{
-#ifdef __linux__
-    int here = pulse.pid == getpid();
-    return Py_BuildValue("(OO)", here && pulse.running ? Py_True : Py_False,
-                         here && __atomic_load_n(&pulse.armed, __ATOMIC_ACQUIRE) ? Py_True : Py_False);
-#else
-    return Py_BuildValue("(OO)", Py_False, Py_False);
-#endif
-}
-
 static PyMethodDef speedups_methods[] = {
     {"clock", speedups_clock, METH_NOARGS, "The clock SelectTimer reads, in seconds."},
     {"unshare_files", speedups_unshare_files, METH_NOARGS,
      "Give the calling thread a file-descriptor table of its own (unshare(CLONE_FILES))."},
     {"swap_in", speedups_swap_in, METH_VARARGS, "Put no_blocking's wrappers in place (patches._apply_rows)."},
     {"swap_out", speedups_swap_out, METH_VARARGS, "Put the originals back (patches._restore_rows)."},
-    {"pulse_start", speedups_pulse_start, METH_VARARGS, "Start the pulse thread for an eventfd (once per process)."},
-    {"pulse_arm", speedups_pulse_arm, METH_NOARGS, "Let the pulse thread write every interval; False if it is not running."},
-    {"pulse_disarm", speedups_pulse_disarm, METH_NOARGS, "Park the pulse thread."},
-    {"pulse_state", speedups_pulse_state, METH_NOARGS, "(running, armed)"},
     {NULL, NULL, 0, NULL},
 };
 

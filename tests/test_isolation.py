@@ -31,15 +31,6 @@ def leftovers():
     for obj in gc.get_objects():
         if type(obj).__name__ == "_HeartbeatTicks" and obj._handle is not None:
             found.append("heartbeat still scheduled")
-        if type(obj).__name__ == "_PulseTicks" and obj._loop is not None:
-            found.append("pulse reader still on its loop")
-    try:
-        from pytest_asyncbudget import _speedups
-    except ImportError:
-        pass
-    else:
-        if _speedups.pulse_state()[1]:
-            found.append("pulse thread still armed")
     from pytest_asyncbudget import patches
     if patches.installed():
         found.append(f"blocking-call patches still installed: {patches.installed()[:3]}")

@@ -33,26 +33,12 @@ reference (``tests/test_speedups.py`` compares the two call for call) and the fa
 How, on uvloop and other loops (within about a millisecond)
 ------------------------------------------------------------
 uvloop's iteration is compiled code with no Python-visible seam, so the probe runs a
-heartbeat: a callback every ``HEARTBEAT`` (1 ms) that reads the clock. A block of length
-D that starts somewhere inside one interval delays the next beat, so the gap between two
-beats is D plus an unknown 0..1 interval. The probe reports ``gap - HEARTBEAT/2``, which
-is within half an interval of D, instead of the plain delay of one beat, which would
-under-read by up to a whole interval.
-
-What makes the beat comes in two kinds:
-
-* **The pulse** (:class:`_PulseTicks`, Linux with the compiled helpers): a thread with no
-  Python in it (``_speedups.c``) writes to an eventfd every interval, and the beat is a
-  reader on that eventfd (``loop.add_reader``). The thread is started once per process,
-  gives itself a file-descriptor table holding only the eventfd (as the watchdog does,
-  see :mod:`..sampler`), and is armed only while a measured loop runs; between runs it
-  waits, parked. The reader is removed and the thread parked when the loop stops.
-* **The timer** (:class:`_HeartbeatTicks`, everywhere else): a ``call_later`` callback
-  that schedules the next one. It costs more on a loop that does I/O: with a timer
-  always pending, every ``epoll_wait`` the loop makes gets a finite timeout, which the
-  kernel has to set up, about 2% of a loopback TCP echo (``benchmarks/loop_seams.py``).
-  A reader on an eventfd costs nothing until something is written to it. The handle is
-  cancelled when the loop stops.
+heartbeat: a ``call_later`` callback every ``HEARTBEAT`` (1 ms) that reads the clock. A
+block of length D that starts somewhere inside one heartbeat interval delays the next
+beat, so the gap between two beats is D plus an unknown 0..1 interval. The probe reports
+``gap - HEARTBEAT/2``, which is within half an interval of D, instead of the plain timer
+delay, which would under-read by up to a whole interval. The heartbeat handle is
+cancelled when the loop stops.
 
 Naming the culprit
 ------------------
@@ -67,7 +53,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import os
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -82,7 +67,7 @@ __all__ = ["HEARTBEAT", "LagEvent", "LagMeasurement", "LagProbe"]
 
 _clock = time.perf_counter
 
-#: Heartbeat interval on loops without a selector seam (uvloop), pulse or timer.
+#: Heartbeat interval on loops without a selector seam (uvloop).
 HEARTBEAT = 0.001
 #: Stretches shorter than this are counted but not recorded one by one.
 DEFAULT_FLOOR = 0.001
@@ -249,137 +234,39 @@ class _SelectorTicks:
                 self._on_blocked(now - since, since, ready)
 
 
-class _Beats:
-    """What both kinds of heartbeat share: a stretch is the gap between two beats minus
-    half an interval (see the module's docstring)."""
+class _HeartbeatTicks:
+    """Stretches of any other loop, estimated from a 1 ms heartbeat's gaps."""
 
     precision = "heartbeat"
 
-    def __init__(self, floor: float, on_blocked: OnBlocked) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, floor: float, on_blocked: OnBlocked) -> None:
         self.busy_since: float | None = _clock()
         self.iterations = 0
+        self._loop = loop
         self._floor = floor
         self._on_blocked = on_blocked
+        self._handle: asyncio.TimerHandle | None = loop.call_later(HEARTBEAT, self._beat)
 
-    def _beat_at(self, now: float) -> None:
+    def _beat(self) -> None:
+        now = _clock()
         since = self.busy_since
         self.busy_since = now
         self.iterations += 1
         if since is not None:
-            self._stretch(since, now)
-
-    def _end(self) -> None:
-        """The loop stopped: the stretch since the last beat ends now."""
-        since, self.busy_since = self.busy_since, None
-        if since is not None:
-            self._stretch(since, _clock())
-
-    def _stretch(self, since: float, now: float) -> None:
-        lag = now - since - HEARTBEAT / 2
-        if lag >= self._floor:
-            self._on_blocked(lag, since, None)
-
-
-class _HeartbeatTicks(_Beats):
-    """Stretches of any other loop, estimated from a 1 ms timer's beats."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, floor: float, on_blocked: OnBlocked) -> None:
-        super().__init__(floor, on_blocked)
-        self._loop = loop
-        self._handle: asyncio.TimerHandle | None = loop.call_later(HEARTBEAT, self._beat)
-
-    def _beat(self) -> None:
-        self._beat_at(_clock())
+            lag = now - since - HEARTBEAT / 2
+            if lag >= self._floor:
+                self._on_blocked(lag, since, None)
         self._handle = self._loop.call_later(HEARTBEAT, self._beat)
 
     def detach(self) -> None:
         handle, self._handle = self._handle, None
         if handle is not None:
             handle.cancel()
-        self._end()
-
-
-class _Pulse:
-    """This process's pulse: an eventfd that a compiled thread writes to every HEARTBEAT
-    while armed (``_speedups.pulse_*``). One per process, made on first use."""
-
-    def __init__(self, compiled: Any) -> None:
-        self.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.pid = os.getpid()
-        self.arm = compiled.pulse_arm
-        self.disarm = compiled.pulse_disarm
-        try:
-            self._inode = os.fstat(self.fd).st_ino
-            compiled.pulse_start(self.fd, HEARTBEAT)
-        except BaseException:
-            os.close(self.fd)
-            raise
-
-    def intact(self) -> bool:
-        """Our eventfd is still at ``fd`` (a test may close descriptors it does not own)."""
-        try:
-            return os.fstat(self.fd).st_ino == self._inode
-        except OSError:
-            return False
-
-
-#: The process's pulse; None where there is none (no compiled helpers, not Linux, or the
-#: thread could not have a descriptor table of its own).
-_PULSE: _Pulse | None = None
-#: The process _PULSE was made for (0: not yet): a forked child makes its own.
-_PULSE_PID = 0
-
-
-def _pulse() -> _Pulse | None:
-    """The pulse of this process, made on first use (again in a forked child)."""
-    global _PULSE, _PULSE_PID
-    pid = os.getpid()
-    if _PULSE_PID != pid:
-        _PULSE_PID = pid
-        inherited, _PULSE = _PULSE, None
-        if inherited is not None:  # a forked child: the parent's eventfd, for the parent's thread
-            try:
-                os.close(inherited.fd)
-            except OSError:
-                pass
-        compiled = speedups()
-        if compiled is not None and hasattr(compiled, "pulse_start") and hasattr(os, "eventfd"):
-            try:
-                _PULSE = _Pulse(compiled)
-            except (OSError, RuntimeError):  # e.g. unshare forbidden: the timer it is
-                pass
-    return _PULSE
-
-
-class _PulseTicks(_Beats):
-    """Stretches of any loop that takes readers, estimated from the pulse's 1 ms beats."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, floor: float, on_blocked: OnBlocked, pulse: _Pulse) -> None:
-        super().__init__(floor, on_blocked)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pulse = pulse
-        self._fd = pulse.fd
-        loop.add_reader(pulse.fd, self._beat)  # undone in detach()
-        self._loop = loop
-        if not pulse.arm():
-            self.detach()
-            raise RuntimeError("the pulse thread is not running")
-
-    def _beat(self) -> None:
-        try:
-            os.read(self._fd, 8)  # take the count: the eventfd is quiet until the next write
-        except OSError:  # BlockingIOError: nothing written since (a spurious wake-up)
-            pass
-        self._beat_at(_clock())
-
-    def detach(self) -> None:
-        self._pulse.disarm()
-        loop, self._loop = self._loop, None
-        try:
-            if loop is not None and not loop.is_closed():  # a closed loop has dropped it
-                loop.remove_reader(self._fd)
-        finally:
-            self._end()
+        since, self.busy_since = self.busy_since, None
+        if since is not None:
+            lag = _clock() - since - HEARTBEAT / 2
+            if lag >= self._floor:
+                self._on_blocked(lag, since, None)
 
 
 class LagProbe(Probe):
@@ -433,16 +320,9 @@ class LagProbe(Probe):
         self._loop_name = loop_name(loop)
         if _SelectorTicks.fits(loop):
             self._ticks = _SelectorTicks(loop, self.floor, self._on_blocked)
-            return
-        self._precision = "heartbeat"
-        pulse = _pulse()
-        if pulse is not None and pulse.intact():
-            try:
-                self._ticks = _PulseTicks(loop, self.floor, self._on_blocked, pulse)
-                return
-            except (NotImplementedError, RuntimeError, OSError, ValueError):  # no readers here
-                pass
-        self._ticks = _HeartbeatTicks(loop, self.floor, self._on_blocked)
+        else:
+            self._ticks = _HeartbeatTicks(loop, self.floor, self._on_blocked)
+            self._precision = "heartbeat"
 
     def loop_stopped(self, loop: asyncio.AbstractEventLoop) -> None:
         self._detach()
