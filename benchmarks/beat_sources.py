@@ -245,8 +245,10 @@ async def _blocks(source: Any, errors: list[float]) -> None:
     loop = asyncio.get_running_loop()
     for block in (0.005, 0.02, 0.05):
         beats = source(loop)
-        await asyncio.sleep(random.uniform(0.003, 0.006))  # a random moment between beats
-        _spin(random.uniform(0, HEARTBEAT))
+        await asyncio.sleep(0.003)
+        until = _clock() + random.uniform(0, HEARTBEAT)
+        while _clock() < until:  # the loop stays free (beats run): the block starts at a random moment
+            await asyncio.sleep(0)
         start = _clock()
         _spin(block)
         real = _clock() - start

@@ -13,6 +13,15 @@ for the call phase (``item.stash[STATE].record.measurements["max_loop_lag"]["cal
 ``max_lag``, and the precision mode, "exact" or "heartbeat") and the "loop blocked X" of
 the failure text, and writes them with the real block length to a JSON-lines file.
 
+The block starts at a random moment (``--phase-ms``, default 1): before it the test
+passes the loop on with ``await asyncio.sleep(0)`` for a random 0 to 1 ms, so the loop
+stays free (a heartbeat can beat) and the block starts anywhere between two beats.
+Without it a block always started
+the same short time after the loop woke from ``asyncio.sleep``; on uvloop, whose timers
+keep to whole milliseconds, that is a fixed time after a heartbeat beat, so the
+heartbeat's error (up to half an interval either way) showed as one constant offset, and
+a heartbeat late by a fraction of an interval could not show at all (session 12).
+
 Error = measured max_lag - real block length. Reported per loop, per way of blocking and
 per d, over all repetitions: the median error and the largest absolute error, against the
 target of +-1 ms on stock asyncio and +-2 ms on uvloop. Sessions alternate between the
@@ -43,11 +52,13 @@ TARGET_MS = {"asyncio": 1.0, "uvloop": 2.0}
 
 TESTS = '''\
 import asyncio
+import random
 import time
 
 import pytest
 
 BUDGET_FRACTION = {fraction!r}
+PHASE_S = {phase_ms!r} / 1000
 BLOCKS_MS = {blocks!r}
 
 
@@ -71,6 +82,9 @@ async def test_block(record_block, d_ms, kind, rep):
     # Let the loop settle (on uvloop the heartbeat is running by now).
     for _ in range(3):
         await asyncio.sleep(0.002)
+    until = time.perf_counter() + random.uniform(0, PHASE_S)
+    while time.perf_counter() < until:  # the loop stays free: the block starts at a random moment
+        await asyncio.sleep(0)
     t0 = time.perf_counter()
     _block(kind, d_ms / 1000)
     t1 = time.perf_counter()
@@ -170,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--blocks", default=",".join(map(str, BLOCKS_MS)), help="block lengths in ms")
     ap.add_argument("--kinds", default=",".join(KINDS), help="sleep,busy")
     ap.add_argument("--budget-fraction", type=float, default=0.5, help="budget = d * this (default 0.5)")
+    ap.add_argument("--phase-ms", type=float, default=1.0,
+                    help="pass the loop on for a random 0..this many ms before each block (default 1; 0: none)")
     ap.add_argument("--json", metavar="PATH", help="write every row and the summary as JSON")
     ap.add_argument("--pytest-arg", action="append", default=[], metavar="ARG",
                     help="extra pytest argument, e.g. --pytest-arg=-ofaulthandler_timeout=3600 (repeatable)")
@@ -183,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {info}")
     tmp = Path(tempfile.mkdtemp(prefix="asyncbudget-precision-"))
     try:
-        source = TESTS.format(fraction=ns.budget_fraction, blocks=blocks, reps=ns.reps, kinds=kinds)
+        source = TESTS.format(fraction=ns.budget_fraction, blocks=blocks, reps=ns.reps, kinds=kinds, phase_ms=ns.phase_ms)
         projects = {loop: c.write_project(tmp / loop, loop, {"test_precision.py": source}, CONFTEST) for loop in loops}
         rows: list[dict] = []
         crashes = {loop: 0 for loop in loops}
@@ -251,11 +267,11 @@ def main(argv: list[str] | None = None) -> int:
         if any(crashes.values()):
             print(f"crashed sessions (killed by a signal, retried, partial rows discarded): {crashes}")
         print(f"(sessions per loop: {ns.sessions}, reps per session: {ns.reps}; "
-              f"budget = {ns.budget_fraction:g} x d; 2 cores, load {c.loadavg():.2f} at the end)")
+              f"budget = {ns.budget_fraction:g} x d; random start 0-{ns.phase_ms:g} ms; 2 cores, load {c.loadavg():.2f} at the end)")
         if ns.json:
             c.write_json(
                 ns.json, "precision", machine=info, sessions=ns.sessions, reps=ns.reps,
-                budget_fraction=ns.budget_fraction, crashed_sessions=crashes, pytest_args=ns.pytest_arg,
+                budget_fraction=ns.budget_fraction, phase_ms=ns.phase_ms, crashed_sessions=crashes, pytest_args=ns.pytest_arg,
                 summary=summary, rows=rows,
             )
         return 0
