@@ -168,6 +168,21 @@ def write_project(root: Path, loop: str, tests: dict[str, str], extra_conftest: 
     return root
 
 
+def build_shared(where: Path, name: str, source: str) -> tuple[str, str]:
+    """Compile C *source* into ``where/name.so`` for ctypes (``$CC``, else ``cc``).
+
+    Returns ``(path, "")``, or ``("", why)`` when there is no compiler or it fails.
+    """
+    src, so = where / f"{name}.c", where / f"{name}.so"
+    src.write_text(source)
+    try:
+        subprocess.run([os.environ.get("CC", "cc"), "-O2", "-shared", "-fPIC", "-pthread", "-o", str(so), str(src)],
+                       check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as exc:
+        return "", str(exc)
+    return str(so), ""
+
+
 def precompile_plugin() -> str:
     """Compile the plugin's modules to bytecode, as installing it from a wheel does.
 

@@ -150,14 +150,10 @@ class EventfdThread(Beats):
 
     @classmethod
     def setup(cls, where: Path) -> str | None:
-        src, so = where / "pulse.c", where / "pulse.so"
-        src.write_text(PULSE_C)
-        try:
-            subprocess.run([os.environ.get("CC", "cc"), "-O2", "-shared", "-fPIC", "-pthread", "-o", str(so), str(src)],
-                           check=True, capture_output=True)
-        except (OSError, subprocess.CalledProcessError) as exc:
-            return f"no C compiler ({exc})"
-        cls.lib = ctypes.CDLL(str(so))
+        so, why = c.build_shared(where, "pulse", PULSE_C)
+        if not so:
+            return f"no C compiler ({why})"
+        cls.lib = ctypes.CDLL(so)
         cls.lib.pulse_take.restype = ctypes.c_double
         cls.fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         if cls.lib.pulse_start(cls.fd, int(HEARTBEAT * 1e9)) != 0:
@@ -197,7 +193,9 @@ class TimerFd(Beats):
     def _set(self, interval: float) -> None:
         ns = int(interval * 1e9)
         spec = _Itimerspec(0, ns, 0, ns)
-        assert self.settime is not None and self.settime(self.fd, 0, ctypes.byref(spec), None) == 0
+        assert self.settime is not None
+        if self.settime(self.fd, 0, ctypes.byref(spec), None) != 0:
+            raise OSError(ctypes.get_errno(), "timerfd_settime")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()

@@ -320,18 +320,11 @@ def stretches(samples: list[tuple[float, bool]]) -> list[tuple[float, float]]:
 
 def build_watcher(where: Path) -> str:
     """Compile WATCHER_C into a shared library in *where* ("" when there is no compiler)."""
-    src = where / "watcher.c"
-    so = where / "watcher.so"
     test = " || ".join(f"(nr) == {n}" for n in sorted(_waits()))
-    src.write_text(f"#define IS_WAIT(nr) ({test})\n" + WATCHER_C)
-    cc = os.environ.get("CC", "cc")
-    try:
-        subprocess.run([cc, "-O2", "-shared", "-fPIC", "-pthread", "-o", str(so), str(src)], check=True,
-                       capture_output=True)
-    except (OSError, subprocess.CalledProcessError) as exc:
-        print(f"no compiled watcher ({exc}): only the watcher in another process is measured")
-        return ""
-    return str(so)
+    so, why = c.build_shared(where, "watcher", f"#define IS_WAIT(nr) ({test})\n" + WATCHER_C)
+    if not so:
+        print(f"no compiled watcher ({why}): only the watcher in another process is measured")
+    return so
 
 
 def precision(rounds: int, every: float, mode: str, watcher_so: str) -> list[dict]:
