@@ -15,9 +15,11 @@ effect of the heartbeat that is not its own work:
   pass-through lambda (the cost of any wrapper at all) and nothing.
 * **pending timer** (uvloop): 1,500 round trips of 32 bytes over loopback TCP in one loop,
   bare, with one timer pending that never fires (``call_later(1000, ...)``), and with a
-  1 ms heartbeat like the probe's. A loop with no timer waits in ``epoll_wait(-1)``; with
-  any timer pending it waits with a finite timeout, which is the cost above, paid at every
-  iteration that finds nothing ready.
+  heartbeat like the probe's every 1, 2 or 3 ms. A loop with no timer waits in
+  ``epoll_wait(-1)``; with any timer pending it waits with a finite timeout, which is the
+  cost above, paid at every iteration that finds nothing ready. The same variants then
+  run 1,500 ``asyncio.to_thread`` calls in batches of 10 (the loop waits for its worker
+  threads).
 
 Each variant runs in interleaved rounds (the order rotates) and is reported as the median
 time and the median of the per-round ratios to the bare loop.
@@ -136,23 +138,41 @@ async def _echo(rounds: int = 1500) -> float:
     return elapsed
 
 
-def _timer_run(kind: str) -> float:
+def _work(x: int) -> int:
+    return x * 2
+
+
+async def _to_thread(calls: int = 1500) -> float:
+    """``asyncio.to_thread`` calls in batches of 10, as in overhead.py's suite."""
+    start = time.perf_counter()
+    for _ in range(0, calls, 10):
+        await asyncio.gather(*(asyncio.to_thread(_work, i) for i in range(10)))
+    return time.perf_counter() - start
+
+
+#: The heartbeats timed on uvloop, by name: their interval in seconds.
+BEATS = {"1 ms heartbeat": 0.001, "2 ms heartbeat": 0.002, "3 ms heartbeat": 0.003}
+
+
+def _timer_run(kind: str, workload: Callable[[], Any] = _echo) -> float:
     loop = uvloop.new_event_loop()
     handle: list[Any] = [None]
     try:
         if kind == "one timer pending (never fires)":
             handle[0] = loop.call_later(1000, lambda: None)
-        elif kind == "1 ms heartbeat":
+        elif kind in BEATS:
+            interval = BEATS[kind]
 
             def beat() -> None:
                 time.perf_counter()  # what the probe's beat does, roughly: read the clock
-                handle[0] = loop.call_later(0.001, beat)
+                handle[0] = loop.call_later(interval, beat)
 
-            handle[0] = loop.call_later(0.001, beat)
-        return loop.run_until_complete(_echo())
+            handle[0] = loop.call_later(interval, beat)
+        return loop.run_until_complete(workload())
     finally:
         if handle[0] is not None:
             handle[0].cancel()
+        loop.run_until_complete(loop.shutdown_default_executor())
         loop.close()
 
 
@@ -194,9 +214,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"    {kind:32} {row['median_ms']:7.2f} ms  paired {row['paired_ratio']:.4f}  min {row['min_ratio']:.4f}")
 
     if uvloop is not None:
-        kinds = ["bare loop", "one timer pending (never fires)", "1 ms heartbeat"]
+        kinds = ["bare loop", "one timer pending (never fires)", *BEATS]
         results["pending_timer"] = table = interleaved(_timer_run, kinds, ns.rounds)
         print("\nuvloop, 1,500 loopback TCP round trips:")
+        for kind, row in table.items():
+            print(f"    {kind:32} {row['median_ms']:7.2f} ms  paired {row['paired_ratio']:.4f}  min {row['min_ratio']:.4f}")
+        results["pending_timer_to_thread"] = table = interleaved(
+            lambda kind: _timer_run(kind, _to_thread), kinds, ns.rounds)
+        print("\nuvloop, 1,500 asyncio.to_thread calls in batches of 10:")
         for kind, row in table.items():
             print(f"    {kind:32} {row['median_ms']:7.2f} ms  paired {row['paired_ratio']:.4f}  min {row['min_ratio']:.4f}")
     if ns.json:

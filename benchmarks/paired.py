@@ -112,16 +112,28 @@ def process_figures(run: c.Run, pairs: list[list[str]]) -> dict[str, Any]:
     out = {key: on / off for key, (on, off) in sums.items()}
     # The same split in two: the call phase alone (the test's body: the plugin's per-callback
     # cost) and everything else (setup, teardown, reports: its per-test cost).
-    call_on = call_off = 0.0
+    calls: dict[str, list[float]] = {}
     for first, second, off in pairs:
         on = second if off == first else first
-        call_on += run.durations[on]
-        call_off += run.durations[off]
+        for key in (kind_of(on), "all"):
+            acc = calls.setdefault(key, [0.0, 0.0])
+            acc[0] += run.durations[on]
+            acc[1] += run.durations[off]
+    call_on, call_off = calls.pop("all")
     out["call"] = call_on / call_off
+    out["_call"] = {key: on / off for key, (on, off) in calls.items()}
     out["_sums"] = sums
     n = len(pairs)
     out["_delta_ms_per_test"] = 1000 * (sums["all"][0] - sums["all"][1]) / n
     out["_outside_call_delta_ms"] = 1000 * ((sums["all"][0] - call_on) - (sums["all"][1] - call_off)) / n
+    # Garbage collections that fell inside each half's tests (the timing conftest's
+    # gc.callbacks timer): the plugin's own objects make the collector run more often.
+    gc_on = gc_off = 0.0
+    for first, second, off in pairs:
+        on = second if off == first else first
+        gc_on += run.gc.get(on, 0.0)
+        gc_off += run.gc.get(off, 0.0)
+    out["_gc_delta_ms"] = 1000 * (gc_on - gc_off) / n
     out["_plain_ms_per_test"] = 1000 * sums["all"][1] / n
     return out
 
@@ -136,7 +148,10 @@ def summarize(per_proc: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         off = sum(p["_sums"][key][1] for p in per_proc if key in p["_sums"])
         pooled = on / off if off else float("nan")  # the call phase has no pooled sums
         out[key] = {"median": c.median(ratios), "ci_lo": lo, "ci_hi": hi, "pooled": pooled, "n": len(ratios)}
-    for key in ("_delta_ms_per_test", "_outside_call_delta_ms"):
+        call_ratios = [p["_call"][key] for p in per_proc if key in p.get("_call", {})]
+        if call_ratios:
+            out[key]["call_median"] = c.median(call_ratios)
+    for key in ("_delta_ms_per_test", "_outside_call_delta_ms", "_gc_delta_ms"):
         deltas = [p[key] for p in per_proc]
         lo, hi = c.median_ci(deltas)
         out[key] = {"median": c.median(deltas), "ci_lo": lo, "ci_hi": hi}
@@ -146,17 +161,20 @@ def summarize(per_proc: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
 
 def show(loop: str, config: str, summary: dict[str, dict[str, float]], procs: int, crashes: int) -> None:
     print(f"\n[{loop}] {config}: measured / unmeasured twin, {procs} processes ({crashes} crashed and were retried)")
-    print(f"    {'tests':<22}{'median':>8}   {'95% CI':<15}{'pooled':>8}")
+    print(f"    {'tests':<22}{'median':>8}   {'95% CI':<15}{'pooled':>8}   {'call phase (median)':>8}")
     first = ("all", "steady", "call")
     order = list(first) + sorted(k for k in summary if k not in first and not k.startswith("_"))
     for key in order:
         s = summary[key]
         label = {"all": "all pairs", "steady": "all but the first pair", "call": "call phase only"}.get(key, key)
-        print(f"    {label:<22}{s['median']:>8.3f}   {s['ci_lo']:.3f}-{s['ci_hi']:.3f}    {s['pooled']:>8.3f}")
+        call = f"{s['call_median']:>11.3f}" if "call_median" in s else ""
+        print(f"    {label:<22}{s['median']:>8.3f}   {s['ci_lo']:.3f}-{s['ci_hi']:.3f}    {s['pooled']:>8.3f}{call}")
     d, p = summary["_delta_ms_per_test"], summary["_plain_ms_per_test"]
     o = summary["_outside_call_delta_ms"]
     print(f"    per test: +{d['median']:.2f} ms (95% CI {d['ci_lo']:.2f}-{d['ci_hi']:.2f}) on a plain {p['median']:.1f} ms;"
           f" outside the call phase +{o['median']:.2f} ms ({o['ci_lo']:.2f}-{o['ci_hi']:.2f})")
+    g = summary["_gc_delta_ms"]
+    print(f"    of which garbage collection (anywhere in the test): +{g['median']:.2f} ms ({g['ci_lo']:.2f}-{g['ci_hi']:.2f})")
 
 
 def main() -> int:
