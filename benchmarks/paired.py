@@ -100,41 +100,38 @@ def kind_of(nodeid: str) -> str:
 
 
 def process_figures(run: c.Run, pairs: list[list[str]]) -> dict[str, Any]:
-    """Sums of measured and unmeasured protocol times, per kind, with and without pair 0."""
+    """One process's ratios, measured twin over unmeasured: the whole protocol per kind
+    and overall (and without pair 0), the call phase per kind and overall (pytest's own
+    duration of it: the plugin's cost while the test's body runs), and in milliseconds
+    per test the extra time outside the call phase (its per-test work) and in garbage
+    collections (the timing conftest's gc.callbacks timer, anywhere in the test)."""
     sums: dict[str, list[float]] = {}
+    calls: dict[str, list[float]] = {}
+    gc_on = gc_off = 0.0
     for index, (first, second, off) in enumerate(pairs):
         on = second if off == first else first
-        t_on, t_off = run.protocols[on], run.protocols[off]
-        for key in (kind_of(on), "all") + (("steady",) if index else ()):
+        kind = kind_of(on)
+        for key in (kind, "all") + (("steady",) if index else ()):
             acc = sums.setdefault(key, [0.0, 0.0])
-            acc[0] += t_on
-            acc[1] += t_off
-    out = {key: on / off for key, (on, off) in sums.items()}
-    # The same split in two: the call phase alone (the test's body: the plugin's per-callback
-    # cost) and everything else (setup, teardown, reports: its per-test cost).
-    calls: dict[str, list[float]] = {}
-    for first, second, off in pairs:
-        on = second if off == first else first
-        for key in (kind_of(on), "all"):
+            acc[0] += run.protocols[on]
+            acc[1] += run.protocols[off]
+        for key in (kind, "all"):
             acc = calls.setdefault(key, [0.0, 0.0])
             acc[0] += run.durations[on]
             acc[1] += run.durations[off]
+        gc_on += run.gc.get(on, 0.0)
+        gc_off += run.gc.get(off, 0.0)
+    out: dict[str, Any] = {key: on / off for key, (on, off) in sums.items()}
     call_on, call_off = calls.pop("all")
     out["call"] = call_on / call_off
     out["_call"] = {key: on / off for key, (on, off) in calls.items()}
     out["_sums"] = sums
     n = len(pairs)
-    out["_delta_ms_per_test"] = 1000 * (sums["all"][0] - sums["all"][1]) / n
-    out["_outside_call_delta_ms"] = 1000 * ((sums["all"][0] - call_on) - (sums["all"][1] - call_off)) / n
-    # Garbage collections that fell inside each half's tests (the timing conftest's
-    # gc.callbacks timer): the plugin's own objects make the collector run more often.
-    gc_on = gc_off = 0.0
-    for first, second, off in pairs:
-        on = second if off == first else first
-        gc_on += run.gc.get(on, 0.0)
-        gc_off += run.gc.get(off, 0.0)
+    total_on, total_off = sums["all"]
+    out["_delta_ms_per_test"] = 1000 * (total_on - total_off) / n
+    out["_outside_call_delta_ms"] = 1000 * ((total_on - call_on) - (total_off - call_off)) / n
     out["_gc_delta_ms"] = 1000 * (gc_on - gc_off) / n
-    out["_plain_ms_per_test"] = 1000 * sums["all"][1] / n
+    out["_plain_ms_per_test"] = 1000 * total_off / n
     return out
 
 
@@ -159,8 +156,9 @@ def summarize(per_proc: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
     return out
 
 
-def show(loop: str, config: str, summary: dict[str, dict[str, float]], procs: int, crashes: int) -> None:
-    print(f"\n[{loop}] {config}: measured / unmeasured twin, {procs} processes ({crashes} crashed and were retried)")
+def show(loop: str, config: str, summary: dict[str, dict[str, float]], procs: int, crashes: int, seeds: str) -> None:
+    print(f"\n[{loop}] {config}: measured / unmeasured twin, {procs} processes, coin seeds {seeds}"
+          f" ({crashes} crashed and were retried)")
     print(f"    {'tests':<22}{'median':>8}   {'95% CI':<15}{'pooled':>8}   {'call phase (median)':>8}")
     first = ("all", "steady", "call")
     order = list(first) + sorted(k for k in summary if k not in first and not k.startswith("_"))
@@ -208,7 +206,8 @@ def main() -> int:
         kinds = [k.strip().removeprefix("test_") for k in ns.kinds.split(",") if k.strip()]
         args = args + ["-k", " or ".join(f"test_{k}" for k in kinds)]
     tmp = Path(tempfile.mkdtemp(prefix="asyncbudget-paired-"))
-    results: dict[str, Any] = {"machine": c.machine_info(), "config": config, "args": args, "loops": {}}
+    results: dict[str, Any] = {"machine": c.machine_info(), "config": config, "args": args, "seed": ns.seed,
+                               "procs": ns.procs, "pairs": ns.pairs, "loops": {}}
     try:
         for loop in loops:
             root = overhead.make_suite(tmp, loop, ns.scale, 2 * ns.pairs)
@@ -225,7 +224,7 @@ def main() -> int:
                     per_proc.append(process_figures(run, pairs))
                     loads.append(c.loadavg() or 0.0)
             summary = summarize(per_proc)
-            show(loop, config, summary, ns.procs, crashes_total)
+            show(loop, config, summary, ns.procs, crashes_total, f"{ns.seed + 1}-{ns.seed + ns.procs}")
             print(f"    load average (1 min) median {c.median(loads):.2f}")
             results["loops"][loop] = {"summary": summary, "processes": per_proc, "load": loads, "crashes": crashes_total}
     finally:
