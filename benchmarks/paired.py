@@ -12,22 +12,24 @@ one of the two.
   test form a pair; a small conftest (``PAIRED_CONFTEST``) takes the plugin's plan off
   one of the two at random (seeded, printed), after collection. The plugin is loaded,
   configured and collecting in the whole session, exactly as a user has it; the test
-  without a plan goes through its hooks untouched, as a sync test does.
+  without a plan goes through its hooks, each of which returns at once (a few
+  microseconds a test: the one per-test cost the comparison leaves out).
 * Each test's whole protocol is timed from outside every other hook wrapper: setup, call,
   teardown, the reports, and all of the plugin's per-test work in between (the timing
   conftest ``_common.TIMING_CONFTEST`` already does this).
 * Per process: ``sum(measured) / sum(unmeasured)``, overall and for each kind of test,
   and for the call phase alone (pytest's own duration of it: the plugin's cost while the
-  test's body runs), with the rest (setup, teardown, reports) given as milliseconds per
-  test.
-  Across processes: the median with a distribution-free 95% interval, and the pooled
+  test's body runs). The rest (setup, teardown, reports) is given as milliseconds per
+  test, and so is the time in garbage collections inside the tests (noisy: a collection
+  is charged whole to the test that triggers it; ``gc_counts.py`` counts them instead).
+* Across processes: the median with a distribution-free 95% interval, and the pooled
   ratio of all pairs. The same is given without each process's first pair, whose
   measured test also pays the plugin's one-off work (its first measured test).
 
 What it does not include: the work done once per session (importing and configuring
 the plugin, collection, the terminal summary), which ``first_test.py`` and
-``fixed_cost.py`` measure, and the effect of the plugin's objects on the garbage
-collector, which both halves of a paired session share (``overhead.py --durations``
+``fixed_cost.py`` measure, and the collector's extra work on the plugin's long-lived
+objects, which both halves of a paired session share (``overhead.py --durations``
 times the collections; see benchmarks/README.md, session 11).
 
 Usage::
