@@ -101,35 +101,40 @@ def kind_of(nodeid: str) -> str:
     return nodeid.split("::", 1)[1].split("[", 1)[0].removeprefix("test_")
 
 
+#: Prefix of the sums of one kind's call phases ("call" alone: every call phase).
+CALL = "call "
+
+
 def process_figures(run: c.Run, pairs: list[list[str]]) -> dict[str, Any]:
     """One process's ratios, measured twin over unmeasured: the whole protocol per kind
     and overall (and without pair 0), the call phase per kind and overall (pytest's own
     duration of it: the plugin's cost while the test's body runs), and in milliseconds
     per test the extra time outside the call phase (its per-test work) and in garbage
-    collections (the timing conftest's gc.callbacks timer, anywhere in the test)."""
+    collections (the timing conftest's gc.callbacks timer, anywhere in the test).
+
+    Every ratio is the ratio of one pair of sums in ``_sums``, so pooling over processes
+    needs nothing else."""
     sums: dict[str, list[float]] = {}
-    calls: dict[str, list[float]] = {}
     gc_on = gc_off = 0.0
+
+    def add(key: str, t_on: float, t_off: float) -> None:
+        acc = sums.setdefault(key, [0.0, 0.0])
+        acc[0] += t_on
+        acc[1] += t_off
+
     for index, (first, second, off) in enumerate(pairs):
         on = second if off == first else first
         kind = kind_of(on)
         for key in (kind, "all") + (("steady",) if index else ()):
-            acc = sums.setdefault(key, [0.0, 0.0])
-            acc[0] += run.protocols[on]
-            acc[1] += run.protocols[off]
-        for key in (kind, "all"):
-            acc = calls.setdefault(key, [0.0, 0.0])
-            acc[0] += run.durations[on]
-            acc[1] += run.durations[off]
+            add(key, run.protocols[on], run.protocols[off])
+        for key in (CALL + kind, "call"):
+            add(key, run.durations[on], run.durations[off])
         gc_on += run.gc.get(on, 0.0)
         gc_off += run.gc.get(off, 0.0)
     out: dict[str, Any] = {key: on / off for key, (on, off) in sums.items()}
-    call_on, call_off = calls.pop("all")
-    out["call"] = call_on / call_off
-    out["_call"] = {key: on / off for key, (on, off) in calls.items()}
     out["_sums"] = sums
     n = len(pairs)
-    total_on, total_off = sums["all"]
+    (total_on, total_off), (call_on, call_off) = sums["all"], sums["call"]
     out["_delta_ms_per_test"] = 1000 * (total_on - total_off) / n
     out["_outside_call_delta_ms"] = 1000 * ((total_on - call_on) - (total_off - call_off)) / n
     out["_gc_delta_ms"] = 1000 * (gc_on - gc_off) / n
@@ -145,11 +150,7 @@ def summarize(per_proc: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         lo, hi = c.median_ci(ratios)
         on = sum(p["_sums"][key][0] for p in per_proc if key in p["_sums"])
         off = sum(p["_sums"][key][1] for p in per_proc if key in p["_sums"])
-        pooled = on / off if off else float("nan")  # the call phase has no pooled sums
-        out[key] = {"median": c.median(ratios), "ci_lo": lo, "ci_hi": hi, "pooled": pooled, "n": len(ratios)}
-        call_ratios = [p["_call"][key] for p in per_proc if key in p.get("_call", {})]
-        if call_ratios:
-            out[key]["call_median"] = c.median(call_ratios)
+        out[key] = {"median": c.median(ratios), "ci_lo": lo, "ci_hi": hi, "pooled": on / off, "n": len(ratios)}
     for key in ("_delta_ms_per_test", "_outside_call_delta_ms", "_gc_delta_ms"):
         deltas = [p[key] for p in per_proc]
         lo, hi = c.median_ci(deltas)
@@ -163,11 +164,11 @@ def show(loop: str, config: str, summary: dict[str, dict[str, float]], procs: in
           f" ({crashes} crashed and were retried)")
     print(f"    {'tests':<22}{'median':>8}   {'95% CI':<15}{'pooled':>8}   {'call phase (median)':>8}")
     first = ("all", "steady", "call")
-    order = list(first) + sorted(k for k in summary if k not in first and not k.startswith("_"))
-    for key in order:
+    kinds = sorted(k for k in summary if k not in first and not k.startswith(("_", CALL)))
+    for key in list(first) + kinds:
         s = summary[key]
         label = {"all": "all pairs", "steady": "all but the first pair", "call": "call phase only"}.get(key, key)
-        call = f"{s['call_median']:>11.3f}" if "call_median" in s else ""
+        call = f"{summary[CALL + key]['median']:>11.3f}" if CALL + key in summary else ""
         print(f"    {label:<22}{s['median']:>8.3f}   {s['ci_lo']:.3f}-{s['ci_hi']:.3f}    {s['pooled']:>8.3f}{call}")
     d, p = summary["_delta_ms_per_test"], summary["_plain_ms_per_test"]
     o = summary["_outside_call_delta_ms"]

@@ -40,6 +40,7 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as c  # noqa: E402
+import loop_seams  # noqa: E402
 from pytest_asyncbudget.probes import leaks  # noqa: E402
 from pytest_asyncbudget.probes.base import ProbeContext  # noqa: E402
 from pytest_asyncbudget.probes.blocking import BlockingProbe  # noqa: E402
@@ -70,15 +71,8 @@ async def _gathers(n: int, reps: int) -> float:
     return (time.perf_counter() - start) / reps
 
 
-def _work(x: int) -> int:
-    return x * 2
-
-
-async def _to_thread(batches: int) -> float:
-    start = time.perf_counter()
-    for _ in range(batches):
-        await asyncio.gather(*(asyncio.to_thread(_work, i) for i in range(10)))
-    return (time.perf_counter() - start) / (batches * 10)
+async def _per_to_thread_call(calls: int) -> float:
+    return await loop_seams._to_thread(calls) / calls
 
 
 def _new_loop(loop_name: str) -> asyncio.AbstractEventLoop:
@@ -110,7 +104,7 @@ def run_to_thread(loop_name: str, mode: str, batches: int) -> float:
         if mode == "attached":
             loop.call_soon(probe.loop_started, loop)
     try:
-        return loop.run_until_complete(_to_thread(batches))
+        return loop.run_until_complete(_per_to_thread_call(batches * 10))
     finally:
         if probe is not None:
             probe.loop_stopped(loop)
