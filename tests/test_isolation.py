@@ -289,3 +289,63 @@ def test_finished_tests_leave_no_records_for_the_garbage_collector(suite, tmp_pa
     data = json.loads(report.read_text())
     assert len(data["tests"]) == 20
     assert all(t["budgets"]["max_loop_lag"]["verdict"] == "passed" for t in data["tests"])
+
+
+def test_a_mock_selector_survives_the_lag_probe(pytester):
+    """A test loop whose selector is a ``unittest.mock.Mock`` (aiostream's time-travel loop).
+
+    The lag probe wraps ``selector.select`` for each run of the loop. Deleting the wrapper
+    does not undo it on a mock, which remembers the deletion and raises AttributeError
+    from then on: the loop's next run (pytest-asyncio's runner closing it, in teardown)
+    would fail. Found by running aiostream's own suite under the plugin.
+    """
+    pytester.makeini(
+        """
+        [pytest]
+        asyncio_mode = auto
+        asyncio_default_fixture_loop_scope = function
+        """
+    )
+    pytester.makeconftest(
+        """
+        import asyncio
+        from unittest.mock import Mock
+
+        class MockSelectorLoop(asyncio.BaseEventLoop):
+            def __init__(self):
+                super().__init__()
+                self._selector = Mock()
+                self._selector.select.return_value = []
+                self.original_select = self._selector.select
+
+            def _process_events(self, event_list):
+                pass
+
+            def _write_to_self(self):
+                pass
+
+        def pytest_asyncio_loop_factories(config, item):
+            return {"mock": MockSelectorLoop}
+        """
+    )
+    pytester.makepyfile(
+        """
+        import asyncio
+
+        async def test_first():
+            await asyncio.sleep(0)
+            loop = asyncio.get_running_loop()
+            assert callable(loop._selector.select)
+
+        async def test_second():
+            await asyncio.sleep(0.01)
+            loop = asyncio.get_running_loop()
+            assert loop.original_select.call_count >= 1
+        """
+    )
+    result = pytester.runpytest(
+        "-p", "no:randomly", "--asyncbudget-max-loop-lag=5s", "--asyncbudget-no-leaked-tasks", "--asyncbudget-no-blocking"
+    )
+    result.assert_outcomes(passed=2)
+    result.stdout.no_fnmatch_line("*internal error*")
+    result.stdout.fnmatch_lines(["*2 tests measured on *"])

@@ -144,7 +144,10 @@ class _SelectorTicks:
     def __init__(self, loop: Any, floor: float, on_blocked: OnBlocked) -> None:
         self._selector = selector = loop._selector
         ready_queue = loop._ready
-        original = selector.select
+        self._original = original = selector.select
+        #: Whether ``select`` was the selector's own attribute (a mock's, say) rather
+        #: than its class's method: decides how detach() puts it back.
+        self._own = "select" in getattr(selector, "__dict__", ())
         self._on_blocked = on_blocked
         self._floor = floor
         timer = _compiled_timer()
@@ -226,8 +229,16 @@ class _SelectorTicks:
     def detach(self) -> None:
         since, _, ready = self._state()
         self._stop()
-        if self._selector.__dict__.get("select") is self._wrapper:
-            del self._selector.select
+        selector = self._selector
+        if selector.__dict__.get("select") is self._wrapper:
+            if self._own:
+                selector.select = self._original
+            else:
+                del selector.select
+                # Deleting is not always undoing: a unittest.mock selector remembers the
+                # deletion and raises AttributeError from then on.
+                if getattr(selector, "select", None) != self._original:
+                    selector.select = self._original
         if since is not None:
             now = _clock()
             if now - since >= self._floor:
