@@ -24,13 +24,14 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import inspect
 import sys
 from collections.abc import Callable, Generator, Mapping
 from typing import Any
 
 import pytest
 
-__all__ = ["LoopMatrix", "add_options", "matrix_from_config"]
+__all__ = ["LoopMatrix", "add_options", "matrix_from_config", "runs_on_anyio"]
 
 LoopFactory = Callable[[], asyncio.AbstractEventLoop]
 
@@ -140,6 +141,21 @@ def matrix_from_config(config: pytest.Config) -> LoopMatrix | None:
     return LoopMatrix(factories)
 
 
+def runs_on_anyio(function: Any, fixturenames: Any) -> bool:
+    """True when anyio's pytest plugin runs this test function on an event loop.
+
+    That is anyio's own rule: a coroutine function (or a hypothesis test whose inner test
+    is one) that requests the ``anyio_backend`` fixture. The ``anyio`` marker is not part
+    of it: with ``anyio_mode = "auto"`` (anyio 4.11+) anyio adds the fixture to every
+    coroutine test without marking it.
+    """
+    if "anyio_backend" not in fixturenames:
+        return False
+    inner = getattr(getattr(function, "hypothesis", None), "inner_test", function)
+    inner = getattr(inner, "_anyio_original_func", inner)  # anyio's hypothesis wrapper
+    return inspect.iscoroutinefunction(inner)
+
+
 def _anyio_params(name: str, factory: LoopFactory, options: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     options = {k: v for k, v in options.items() if k not in ("use_uvloop", "loop_factory")}
     if name == "uvloop":
@@ -168,7 +184,7 @@ class LoopMatrix:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_generate_tests(self, metafunc: pytest.Metafunc) -> None:
-        if "anyio_backend" not in metafunc.fixturenames or metafunc.definition.get_closest_marker("anyio") is None:
+        if not runs_on_anyio(metafunc.function, metafunc.fixturenames):
             return
         fixturedefs = metafunc._arg2fixturedefs.get("anyio_backend")  # noqa: SLF001 - read only
         params = fixturedefs[-1].params if fixturedefs else None

@@ -8,7 +8,6 @@ the pytest hooks. Per-test state lives in ``item.stash``. Measuring is done by p
 
 from __future__ import annotations
 
-import inspect
 import traceback
 from collections.abc import Generator
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 
 from . import budgets, gating
+from .loops import runs_on_anyio
 from .budgets.base import Verdict
 from .core import LoopCore
 from .errors import PluginErrors
@@ -38,12 +38,7 @@ def is_async_item(item: pytest.Item) -> bool:
         is_async_test = None
     if is_async_test is not None and is_async_test(item):
         return True
-    obj = getattr(item, "obj", None)
-    return (
-        item.get_closest_marker("anyio") is not None
-        and "anyio_backend" in getattr(item, "fixturenames", ())
-        and inspect.iscoroutinefunction(obj)
-    )
+    return runs_on_anyio(getattr(item, "obj", None), getattr(item, "fixturenames", ()))
 
 
 def other_backend(item: pytest.Item) -> str | None:

@@ -360,3 +360,56 @@ def test_trio_backend_is_left_alone_and_said_once(pytester):
         ]
     )
     assert result.stdout.str().count("anyio's trio backend") == 1
+
+
+_ANYIO_AUTO_TESTS = _ANYIO_TESTS.replace("pytestmark = pytest.mark.anyio\n", "") + """
+from hypothesis import given, settings, strategies as st
+
+@pytest.mark.max_loop_lag("50ms")
+@settings(max_examples=2, deadline=None, database=None)
+@given(st.integers())
+async def test_blocks_in_hypothesis(anyio_backend, n):
+    name = anyio_backend if isinstance(anyio_backend, str) else anyio_backend[0]
+    if name != "asyncio":
+        pytest.skip("not an asyncio backend")
+    time.sleep(0.1)
+"""
+
+
+@pytest.mark.parametrize("loops", [None, "asyncio,uvloop"])
+def test_anyio_auto_mode_tests_are_measured_without_a_marker(pytester, loops):
+    """``anyio_mode = auto`` (anyio 4.11+) runs every coroutine test without marking it.
+
+    Found by running anyio's own suite under the plugin: its 3,594 tests were treated as
+    sync tests (only max_rss measured) because none carries the ``anyio`` marker.
+    """
+    pytest.importorskip("hypothesis")
+    _ini(pytester, extra="anyio_mode = auto\n")
+    pytester.makepyfile(loopkind=_LOOP_KIND)
+    if loops is None:
+        pytester.makeconftest(
+            """
+            import pytest
+
+            @pytest.fixture(
+                params=["asyncio", ("asyncio", {"use_uvloop": True})], ids=["asyncio", "uvloop"], scope="module"
+            )
+            def anyio_backend(request):
+                return request.param
+            """
+        )
+    pytester.makepyfile(_ANYIO_AUTO_TESTS)
+    args = ["-v", "-p", "no:randomly"] + ([f"--asyncbudget-loops={loops}"] if loops else [])
+    result = _run(pytester, *args)
+    # With --asyncbudget-loops, anyio's own fixture's trio backend is kept as it is.
+    trio = 0 if loops is None else 1
+    result.assert_outcomes(failed=4, passed=2 + trio, skipped=2 * trio)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_kind[[]asyncio[]] PASSED*",
+            "*test_kind[[]uvloop[]] PASSED*",
+        ]
+    )
+    for name in ("test_blocks", "test_blocks_in_hypothesis"):
+        for loop in ("asyncio", "uvloop"):
+            result.stdout.fnmatch_lines([f"*_ {name}[[]{loop}[]] _*", "max_loop_lag exceeded*"])
