@@ -1217,3 +1217,50 @@ def test_measured_without_a_budget_when_another_default_is_on(suite, tmp_path):
     assert "left-behind" in text
     assert "lost" in json.dumps(leaks["test_fails_a_task_quietly"])
     result.stdout.fnmatch_lines(["*no_leaked_tasks*", "*test_leaves_a_task*"])
+
+
+@pytest.mark.parametrize("backend", ["asyncio", ("asyncio", {"use_uvloop": True})], ids=["asyncio", "uvloop"])
+def test_anyio_process_pool_shutdown_task_is_the_loops_not_a_leak(pytester, backend):
+    """anyio.to_process starts a task that lives as long as the loop (it kills the worker
+    processes when the loop shuts down). Found by running anyio's own suite under the
+    plugin, where every to_process test was reported as leaking it."""
+    if backend != "asyncio":
+        pytest.importorskip("uvloop")
+    pytester.makeini(
+        """
+        [pytest]
+        asyncbudget_no_leaked_tasks = true
+        """
+    )
+    pytester.makepyfile(
+        test_suite=f"""
+        import asyncio, os, pytest
+        from anyio import to_process
+
+        @pytest.fixture
+        def anyio_backend():
+            return {backend!r}
+
+        async def worker():
+            await asyncio.sleep(10)
+
+        @pytest.mark.anyio
+        async def test_uses_a_worker_process():
+            assert await to_process.run_sync(os.getpid) != os.getpid()
+
+        @pytest.mark.anyio
+        async def test_uses_a_worker_process_and_leaks():
+            await to_process.run_sync(os.getpid)
+            asyncio.create_task(worker(), name="real-leak")
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly")
+    result.assert_outcomes(failed=1, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_uses_a_worker_process_and_leaks _*",
+            "no_leaked_tasks failed: 1 task leaked",
+            "  task 'real-leak' running worker() was still pending after the test",
+        ]
+    )
+    assert "process pool shutdown" not in result.stdout.str()

@@ -234,6 +234,25 @@ _RUNNER_INDEX = _FIXED_OWNERS.index(_RUNNER_OWNER)
 _FIXED_OWNER_IDS = {owner: i for i, owner in enumerate(_FIXED_OWNERS)}
 
 
+#: Tasks a library starts on purpose to live exactly as long as their event loop, and that
+#: end when the runner cancels what is left at shutdown: never a test's leak, whoever
+#: called the library. (module of the coroutine, its qualified name.)
+_LOOP_LIFETIME_TASKS = frozenset(
+    {
+        # anyio.to_process: kills the loop's worker processes when the loop shuts down.
+        ("anyio._backends._asyncio", "_shutdown_process_pool_on_exit"),
+    }
+)
+
+
+def _lives_with_its_loop(task: Any) -> bool:
+    coro = task.get_coro()
+    frame = getattr(coro, "cr_frame", None)
+    if frame is None:
+        return False
+    return (frame.f_globals.get("__name__"), _coro_qualname(coro)) in _LOOP_LIFETIME_TASKS
+
+
 def _infra_prefixes() -> tuple[str, ...]:
     prefixes = {os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep}
     for module in ("pytest_asyncio", "anyio", "_pytest", "pytest", "pluggy"):
@@ -1100,6 +1119,8 @@ class LeakProbe(Probe):
         return os.path.abspath(filename).startswith(self._infra)
 
     def _is_ignored(self, task: Any) -> bool:
+        if _lives_with_its_loop(task):
+            return True
         if not self.settings.ignore:
             return False
         return self.settings.ignores(task.get_name(), _coro_qualname(task.get_coro()))
