@@ -34,6 +34,9 @@ def leftovers():
     from pytest_asyncbudget import patches
     if patches.installed():
         found.append(f"blocking-call patches still installed: {patches.installed()[:3]}")
+    ours = [cb for cb in gc.callbacks if getattr(cb, "__module__", "").startswith("pytest_asyncbudget")]
+    if ours:
+        found.append(f"gc.callbacks still hooked: {ours}")
     extra = {t.name for t in threading.enumerate() if t.ident not in BASE_THREADS}
     extra = {name for name in extra if not name.startswith(("asyncio_", "ThreadPoolExecutor"))}
     if extra:

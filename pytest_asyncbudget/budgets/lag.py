@@ -74,12 +74,19 @@ def judge(budget: float | None, m: LagMeasurement) -> Verdict:
         details = []
         if event.culprit is None:
             details.append("culprit unknown: no stack sample fell inside this stretch")
+        if event.gc:
+            details.append(f"not counted: {format_duration(event.gc)} of automatic garbage collection in this stretch")
         findings.append(
             Finding(
                 title=title,
                 culprit=event.culprit,
                 details=details,
-                data={"duration_s": event.duration, "phase": event.phase, "ready_callbacks": event.ready},
+                data={
+                    "duration_s": event.duration,
+                    "phase": event.phase,
+                    "ready_callbacks": event.ready,
+                    "gc_s": event.gc,
+                },
             )
         )
     return Verdict(
