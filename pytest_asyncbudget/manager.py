@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 
 from . import budgets, gating
-from .loops import runs_on_anyio
 from .budgets.base import Verdict
 from .core import LoopCore
 from .errors import PluginErrors
+from .loops import runs_on_anyio
 from .present import report as results_report
 from .present import terminal
 from .probes.base import ProbeContext
