@@ -466,18 +466,19 @@ def test_automatic_garbage_collection_is_not_lag_but_gc_collect_is(suite, tmp_pa
         @pytest.mark.asyncio
         @pytest.mark.max_loop_lag("15ms")
         async def test_explicit(heap):
-            gc.collect()
+            for _ in range(3):  # 3 full collections of the heap: long even on a fast machine
+                gc.collect()
         """
     )
     report = tmp_path / "report.json"
     result = suite.run(f"--asyncbudget-report={report}")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
-        ["*_ test_explicit _*", "max_loop_lag exceeded: loop blocked * > budget 15 ms (call)", "*culprit: test_suite.py:26 in test_explicit*"]
+        ["*_ test_explicit _*", "max_loop_lag exceeded: loop blocked * > budget 15 ms (call)", "*culprit: test_suite.py:27 in test_explicit*"]
     )
     tests = {t["id"].split("::")[-1]: t for t in json.loads(report.read_text())["tests"]}
     automatic = tests["test_automatic"]["budgets"]["max_loop_lag"]["phases"]["call"]["measurement"]
-    assert automatic["gc_excluded"] > 0.015, automatic
+    assert automatic["gc_excluded"] > 0.005, automatic
     assert automatic["max_lag"] < 0.015, automatic
     explicit = tests["test_explicit"]["budgets"]["max_loop_lag"]["phases"]["call"]["measurement"]
     assert explicit["gc_excluded"] == 0.0, explicit
