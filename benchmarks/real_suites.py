@@ -22,6 +22,7 @@ Usage::
 
     /work/venv/bin/python benchmarks/real_suites.py --work /tmp/asyncbudget-real
     /work/venv/bin/python benchmarks/real_suites.py --only anyio,starlette --json real.json
+    /work/venv/bin/python benchmarks/real_suites.py --slow   # adds pytest-asyncio's own suite
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ class Project:
     deps: tuple[str, ...] = ()
     #: Extra pytest arguments for both runs (deselections of tests that need a server).
     args: tuple[str, ...] = ()
+    #: Run only with ``--slow`` (minutes per run).
+    slow: bool = False
 
 
 #: Projects whose tests run on pytest-asyncio (strict, auto, session-scoped loops, a
@@ -83,6 +86,9 @@ PROJECTS = (
         deps=("trio", "blockbuster", "httpx2", "opentelemetry-sdk", "pytest-codspeed"),
         args=("-p", "no:asyncio"),
     ),
+    # pytest-asyncio's own suite: nested in-process pytest sessions (pytester), each
+    # loading the plugin again, some with custom loops. About 8 minutes a run here.
+    Project("pytest-asyncio", "pytest-asyncio==1.5.0", args=("-p", "pytester"), slow=True),
     Project(
         "anyio",
         "anyio[trio]==4.16.0",
@@ -192,9 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/asyncbudget-real", help="venv, sources and logs (reused)")
     ap.add_argument("--only", help="comma-separated project names")
+    ap.add_argument("--slow", action="store_true", help="also the slow suites (pytest-asyncio's own)")
     ap.add_argument("--json", metavar="PATH")
     opts = ap.parse_args(argv)
-    projects = [p for p in PROJECTS if not opts.only or p.name in opts.only.split(",")]
+    if opts.only:
+        projects = [p for p in PROJECTS if p.name in opts.only.split(",")]
+    else:
+        projects = [p for p in PROJECTS if opts.slow or not p.slow]
     work = Path(opts.work)
     work.mkdir(parents=True, exist_ok=True)
     python = prepare(work, projects)
