@@ -170,9 +170,6 @@ class _SelectorTicks:
         self._selector = selector = loop._selector
         ready_queue = loop._ready
         self._original = original = selector.select
-        #: Whether ``select`` was the selector's own attribute (a mock's, say) rather
-        #: than its class's method: decides how detach() puts it back.
-        self._own = "select" in getattr(selector, "__dict__", ())
         self._on_blocked = on_blocked
         self._floor = floor
         timer = _compiled_timer()
@@ -256,14 +253,12 @@ class _SelectorTicks:
         self._stop()
         selector = self._selector
         if selector.__dict__.get("select") is self._wrapper:
-            if self._own:
+            del selector.select
+            # Deleting is not always undoing: the selector may have had a select of its
+            # own, and a unittest.mock selector remembers the deletion (AttributeError
+            # from then on). Then the original goes back as it was.
+            if getattr(selector, "select", None) != self._original:
                 selector.select = self._original
-            else:
-                del selector.select
-                # Deleting is not always undoing: a unittest.mock selector remembers the
-                # deletion and raises AttributeError from then on.
-                if getattr(selector, "select", None) != self._original:
-                    selector.select = self._original
         if since is not None:
             now = _clock()
             if now - since >= self._floor:
@@ -308,13 +303,14 @@ class _HeartbeatTicks:
 class _Collections:
     """The automatic garbage collections of one phase, as ``(start, end)`` clock times.
 
-    Installed as a ``gc.callbacks`` hook for the phase (removed in ``close``, which the
-    probe calls from ``phase_stopped``). It runs twice per collection; only collections of
-    at least ``GC_MIN`` are kept, so the list stays short.
+    A ``gc.callbacks`` hook, put in place by ``start`` when a phase begins and taken off
+    by ``stop``, which the probe calls from ``phase_stopped``. It runs twice per
+    collection; only collections of at least ``GC_MIN`` are kept, so the list stays short.
     """
 
     def __init__(self) -> None:
         self.pauses: list[tuple[float, float]] = []
+        self._hooked = False
         pauses = self.pauses
         started = 0.0
         isenabled, get_count, get_threshold = gc.isenabled, gc.get_count, gc.get_threshold
@@ -332,13 +328,20 @@ class _Collections:
                 started = 0.0
 
         self._callback = callback
-        gc.callbacks.append(callback)  # removed in close()
 
-    def close(self) -> None:
-        try:
-            gc.callbacks.remove(self._callback)
-        except ValueError:  # someone cleared gc.callbacks
-            pass
+    def start(self) -> None:
+        self.pauses.clear()
+        if not self._hooked:
+            self._hooked = True
+            gc.callbacks.append(self._callback)  # taken off in stop()
+
+    def stop(self) -> None:
+        if self._hooked:
+            self._hooked = False
+            try:
+                gc.callbacks.remove(self._callback)
+            except ValueError:  # someone cleared gc.callbacks
+                pass
 
     def within(self, start: float, end: float) -> float:
         """Seconds of automatic collection between *start* and *end*.
@@ -374,7 +377,7 @@ class LagProbe(Probe):
         self._shortest_nap = min(self.threshold, 0.001)
         self._phase = ""
         self._watching = False
-        self._collections: _Collections | None = None
+        self._collections = _Collections()
         self._samples: deque[tuple[float, list[RawFrame]]] = deque(maxlen=256)
         self._reset()
 
@@ -402,10 +405,7 @@ class LagProbe(Probe):
     def phase_started(self, phase: str) -> None:
         self._phase = phase
         self._reset()
-        if self._collections is not None:  # never left in place, even out of order
-            self._collections.close()
-            self._collections = None
-        self._collections = _Collections()
+        self._collections.start()
         if not self._watching:
             self._watching = True
             self._sampler.watch(self, self.threshold, self._shortest_nap)
@@ -425,9 +425,7 @@ class LagProbe(Probe):
         try:
             self._detach()
         finally:
-            collections, self._collections = self._collections, None
-            if collections is not None:
-                collections.close()
+            self._collections.stop()
         if phase == "teardown" and self._watching:
             self._watching = False
             self._sampler.release()
@@ -441,9 +439,8 @@ class LagProbe(Probe):
     # -- called from the tick source (loop thread) and the sampler (watchdog) -------
     def _on_blocked(self, duration: float, start: float, ready: int | None) -> None:
         collected = 0.0
-        collections = self._collections
-        if collections is not None and collections.pauses:
-            collected = collections.within(start, start + duration)
+        if self._collections.pauses:
+            collected = self._collections.within(start, start + duration)
             if collected:
                 self._gc_excluded += collected
                 duration -= collected
