@@ -373,6 +373,13 @@ async def test_blocks_in_hypothesis(anyio_backend, n):
     if name != "asyncio":
         pytest.skip("not an asyncio backend")
     time.sleep(0.1)
+
+async def _block():
+    time.sleep(0.1)
+
+@pytest.mark.max_loop_lag("50ms")
+def test_sync_with_a_backend(anyio_backend):  # not a coroutine: anyio does not run it,
+    asyncio.run(_block())  # so neither is its own loop measured (sync tests are untouched)
 """
 
 
@@ -403,7 +410,10 @@ def test_anyio_auto_mode_tests_are_measured_without_a_marker(pytester, loops):
     result = _run(pytester, *args)
     # With --asyncbudget-loops, anyio's own fixture's trio backend is kept as it is.
     trio = 0 if loops is None else 1
-    result.assert_outcomes(failed=4, passed=2 + trio, skipped=2 * trio)
+    # The sync test passes once per backend parameter (2: asyncio and uvloop, or
+    # asyncio and trio): a sync test is never measured for lag, whatever its fixtures.
+    result.assert_outcomes(failed=4, passed=2 + trio + 2, skipped=2 * trio)
+    result.stdout.fnmatch_lines(["*test_sync_with_a_backend*PASSED*"])
     result.stdout.fnmatch_lines(
         [
             "*test_kind[[]asyncio[]] PASSED*",
