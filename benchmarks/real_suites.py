@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import subprocess
 import sys
 import tarfile
@@ -55,6 +56,12 @@ class Project:
     args: tuple[str, ...] = ()
     #: Run only with ``--slow`` (minutes per run).
     slow: bool = False
+    #: ``pip install`` arguments used instead of the unpacked sdist, for a project whose
+    #: sdist cannot be built outside its own repository (a uv workspace with versions
+    #: from git): the same release from PyPI. ``./`` is the unpacked sdist.
+    install: tuple[str, ...] = ()
+    #: Further ``pip install`` runs after that, e.g. an example package the tests import.
+    then: tuple[tuple[str, ...], ...] = ()
 
 
 #: Projects whose tests run on pytest-asyncio (strict, auto, session-scoped loops, a
@@ -94,6 +101,43 @@ PROJECTS = (
         "anyio[trio]==4.16.0",
         deps=("blockbuster", "hypothesis", "psutil", "pytest-mock", "trustme", "truststore", "uvloop"),
         args=("-p", "no:asyncio"),
+    ),
+    # Added in session 15: servers on loopback (uvicorn, hypercorn, aiosmtplib), HTTP
+    # clients on anyio (httpx, httpcore, trio too), the MCP SDK's large anyio suite
+    # (memory streams, stdio subprocess servers, blockbuster), event emitters.
+    Project("aiohappyeyeballs", "aiohappyeyeballs==2.7.1"),
+    Project("pyee", "pyee==13.0.1", deps=("pytest-trio", "trio", "twisted"),
+            args=("-o", "asyncio_default_fixture_loop_scope=function")),
+    Project("aiosmtplib", "aiosmtplib==5.1.3", deps=("aiosmtpd", "trustme", "hypothesis")),
+    Project("hypercorn", "hypercorn[h3,trio,uvloop]==0.18.0", deps=("httpx", "mock", "pytest-trio", "trio")),
+    Project("asyncer", "asyncer==0.0.18", deps=("typer", "fastapi"), args=("-p", "no:asyncio")),
+    Project(
+        "httpcore",
+        "httpcore[http2,socks,trio,asyncio]==1.0.9",
+        deps=("trustme", "trio"),
+        args=("-p", "no:asyncio"),
+    ),
+    Project(
+        "httpx",
+        "httpx[http2,socks,brotli,zstd,cli]==0.28.1",
+        deps=("uvicorn", "trustme", "chardet", "trio"),
+        args=("-p", "no:asyncio"),
+    ),
+    Project(
+        "uvicorn",
+        "uvicorn[standard]==0.54.0",
+        deps=("pytest-mock", "trustme", "cryptography", "httpx2", "a2wsgi", "wsproto"),
+        args=("-p", "no:asyncio"),
+    ),
+    Project(
+        "mcp",
+        "mcp==2.3.0",
+        install=("mcp[cli]==2.3.0",),
+        then=(("--no-deps", "-e", "./examples"),),
+        deps=("trio", "pytest-examples", "inline-snapshot", "dirty-equals", "pillow", "opentelemetry-sdk",
+              "blockbuster", "pytest-pretty", "logfire>=3.0.0", "pydantic-settings"),
+        # tests/docs needs the docs toolchain (griffe, zensical).
+        args=("-p", "anyio", "-p", "examples", "-p", "no:asyncio", "--ignore", "tests/docs"),
     ),
 )
 
@@ -137,7 +181,7 @@ def prepare(work: Path, projects: list[Project]) -> Path:
     for project in projects:
         src = work / "src" / project.name
         if not src.exists():
-            requirement = project.sdist.replace("[full]", "").replace("[trio]", "")
+            requirement = re.sub(r"\[.*\]", "", project.sdist)
             target = sdists / project.name
             sh([str(python), "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", requirement, "-d", str(target)])
             (archive,) = target.glob("*.tar.gz")
@@ -147,8 +191,10 @@ def prepare(work: Path, projects: list[Project]) -> Path:
                 tar.extractall(work / "src", **safe)  # a PyPI sdist
             (work / "src" / top).rename(src)
         extras = project.sdist.partition("[")[2].partition("]")[0]
-        spec = f"{src}[{extras}]" if extras else str(src)
-        sh([str(python), "-m", "pip", "install", "-q", spec, *project.deps])
+        spec = [f"{src}[{extras}]" if extras else str(src)]
+        sh([str(python), "-m", "pip", "install", "-q", *(project.install or spec), *project.deps], cwd=src)
+        for step in project.then:
+            sh([str(python), "-m", "pip", "install", "-q", *step], cwd=src)
     return python
 
 

@@ -20,12 +20,33 @@ import sysconfig
 from dataclasses import dataclass
 from types import FrameType
 
-__all__ = ["Culprit", "RawFrame", "culprit_from", "frames_from", "is_user_file"]
+__all__ = ["Culprit", "RawFrame", "absolute_path", "culprit_from", "frames_from", "is_user_file", "prepare"]
 
 #: One frame as ``(filename, lineno, function name)``.
 RawFrame = tuple[str, int, str]
 
 _PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+# Bound now, before anything patches them. The plugin's own code runs on the loop thread
+# while a loop runs (the leak probe's task factory, no_blocking's wrappers), and tools
+# such as blockbuster replace ``os.path.abspath`` (it may call ``os.getcwd``) and raise
+# there; found on the MCP SDK's suite, where that made the leak budget "not measured".
+_isabs = os.path.isabs
+_join = os.path.join
+_normpath = os.path.normpath
+try:
+    _START_DIR = os.getcwd()
+except OSError:  # pragma: no cover - the working directory was removed
+    _START_DIR = os.sep
+
+
+def absolute_path(filename: str) -> str:
+    """``os.path.abspath`` without a system call or a patchable function.
+
+    A relative name is taken from the directory the process started in, as imports
+    resolved it; a test that changes directory does not change what a file is.
+    """
+    return _normpath(filename if _isabs(filename) else _join(_START_DIR, filename))
 
 
 def _library_prefixes() -> tuple[str, ...]:
@@ -48,20 +69,30 @@ _LIBRARY_PREFIXES: tuple[str, ...] | None = None
 _user_file_cache: dict[str, bool] = {}
 
 
+def prepare() -> None:
+    """Find the library directories now, while no loop runs (``sysconfig`` reads files).
+
+    The manager calls this at the end of collection; :func:`is_user_file` would
+    otherwise do it on its first call, which may come from the loop thread mid-test.
+    """
+    global _LIBRARY_PREFIXES
+    if _LIBRARY_PREFIXES is None:
+        _LIBRARY_PREFIXES = _library_prefixes()
+
+
 def is_user_file(filename: str) -> bool:
     """True when *filename* is the user's code rather than a library, pytest or the plugin."""
     cached = _user_file_cache.get(filename)
     if cached is not None:
         return cached
-    global _LIBRARY_PREFIXES
     if _LIBRARY_PREFIXES is None:
-        _LIBRARY_PREFIXES = _library_prefixes()
+        prepare()
     if filename.startswith("<"):
         result = False  # <frozen importlib._bootstrap>, <string>, ...
     else:
-        path = os.path.abspath(filename)
+        path = absolute_path(filename)
         result = not (
-            path.startswith(_LIBRARY_PREFIXES)
+            path.startswith(_LIBRARY_PREFIXES)  # type: ignore[arg-type]
             or f"{os.sep}site-packages{os.sep}" in path
             or f"{os.sep}dist-packages{os.sep}" in path
         )

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from . import budgets, gating
+from . import budgets, culprit, gating
 from .budgets.base import Verdict
 from .core import LoopCore
 from .errors import PluginErrors
@@ -73,6 +73,7 @@ class Manager:
     @pytest.hookimpl(trylast=True)
     def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
         defaults, measure_all = self.defaults, self.measure_all
+        planned = False
         for item in items:
             is_async = is_async_item(item)
             if is_async and (backend := other_backend(item)) is not None:
@@ -82,6 +83,9 @@ class Manager:
             plan = budgets.plan_for(item, defaults, is_async=is_async, measure_all=measure_all)
             if plan is not None:
                 item.stash[PLAN] = plan
+                planned = True
+        if planned:
+            culprit.prepare()  # reads files: now, not on the loop thread in the first test
 
     # -- running: one wrapper per phase ----------------------------------------------
     @pytest.hookimpl(wrapper=True)

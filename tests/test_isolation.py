@@ -352,3 +352,90 @@ def test_a_mock_selector_survives_the_lag_probe(pytester):
     result.assert_outcomes(passed=2)
     result.stdout.no_fnmatch_line("*internal error*")
     result.stdout.fnmatch_lines(["*2 tests measured on *"])
+
+
+def test_a_tool_that_guards_os_path_on_the_loop_does_not_break_the_probes(suite):
+    """blockbuster (used by anyio's and the MCP SDK's suites) makes ``os.path.abspath``
+    raise when it is called while a loop runs. The leak probe's task factory names the
+    file that created a task, on the loop thread; through ``os.path.abspath`` that raised,
+    the budget became "not measured" and a real leak went unreported. Found on the MCP
+    SDK's suite. The stand-in here guards ``os.path.abspath``, ``os.path.realpath`` and
+    ``os.getcwd`` the same way."""
+    suite.ini(extra="asyncbudget_no_leaked_tasks = true\nasyncbudget_no_blocking = true\n")
+    suite.conftest(
+        """
+        import asyncio, os, pytest
+
+        class BlockingError(Exception):
+            pass
+
+        def guarded(name, function):
+            def wrapper(*args, **kwargs):
+                try:
+                    asyncio.get_running_loop()
+                except RuntimeError:
+                    return function(*args, **kwargs)
+                raise BlockingError(f"Blocking call to {name}")
+            return wrapper
+
+        @pytest.fixture(autouse=True)
+        def guard_os_path(monkeypatch):
+            for owner, name in ((os.path, "abspath"), (os.path, "realpath"), (os, "getcwd")):
+                monkeypatch.setattr(owner, name, guarded(name, getattr(owner, name)))
+        """
+    )
+    suite.write(
+        "helpers",
+        """
+        import asyncio, time
+
+        async def worker():
+            await asyncio.sleep(10)
+
+        def spawn():
+            return asyncio.get_running_loop().create_task(worker())
+
+        def nap():
+            time.sleep(0.01)
+        """,
+    )
+    suite.write(
+        source="""
+        import asyncio, contextlib, pytest
+
+        @pytest.mark.asyncio
+        async def test_leaks_through_a_helper():
+            import helpers  # first imported here, on the loop: its file is new to the plugin
+
+            helpers.spawn()
+
+        @pytest.mark.asyncio
+        async def test_blocks_in_a_helper():
+            import helpers
+
+            helpers.nap()
+
+        @pytest.mark.asyncio
+        async def test_awaits_its_task():
+            import helpers
+
+            task = helpers.spawn()
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        """
+    )
+    result = suite.run()
+    result.assert_outcomes(failed=2, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_leaks_through_a_helper _*",
+            "no_leaked_tasks failed: 1 task leaked",
+            "  task 'Task-*' running worker() was still pending after the test",
+            "    culprit: helpers.py:7 in spawn",
+            "*_ test_blocks_in_a_helper _*",
+            "no_blocking failed: *",
+            "    culprit: helpers.py:10 in nap (in time.sleep)",
+        ]
+    )
+    assert "internal error" not in result.stdout.str()

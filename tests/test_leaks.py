@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 import time
 
 import pytest
@@ -1264,3 +1265,67 @@ def test_anyio_process_pool_shutdown_task_is_the_loops_not_a_leak(pytester, back
         ]
     )
     assert "process pool shutdown" not in result.stdout.str()
+
+
+def test_sse_starlette_shutdown_watcher_is_the_loops_not_a_leak(suite):
+    """sse-starlette starts one shutdown watcher per thread's loop the first time an
+    EventSourceResponse runs, and it polls until the server exits. Found on the MCP SDK's
+    suite, where 596 tests were reported as leaking it (and each waited out the grace
+    period). The package is stood in for here by a module of the same name and shape."""
+    suite.ini(extra=ON)
+    suite.pytester.mkpydir("sse_starlette")
+    suite.pytester.path.joinpath("sse_starlette", "sse.py").write_text(
+        textwrap.dedent(
+            """
+            import asyncio, threading
+
+            _state = threading.local()
+
+            async def _shutdown_watcher():
+                try:
+                    while True:
+                        await asyncio.sleep(0.5)
+                finally:
+                    _state.started = False
+
+            def _ensure_watcher_started_on_this_loop():
+                if not getattr(_state, "started", False):
+                    _state.started = True
+                    asyncio.get_running_loop().create_task(_shutdown_watcher())
+
+            async def not_a_watcher():
+                await asyncio.sleep(10)
+            """
+        )
+    )
+    suite.write(
+        source="""
+        import asyncio, pytest
+        from sse_starlette import sse
+
+        @pytest.mark.asyncio
+        async def test_serves_events():
+            sse._ensure_watcher_started_on_this_loop()
+            await asyncio.sleep(0)
+
+        @pytest.mark.asyncio
+        async def test_serves_events_again():
+            sse._ensure_watcher_started_on_this_loop()
+            await asyncio.sleep(0)
+
+        @pytest.mark.asyncio
+        async def test_same_library_other_task():
+            sse._ensure_watcher_started_on_this_loop()
+            asyncio.get_running_loop().create_task(sse.not_a_watcher())
+        """
+    )
+    result = suite.run()
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_same_library_other_task _*",
+            "no_leaked_tasks failed: 1 task leaked",
+            "  task 'Task-*' running not_a_watcher() was still pending after the test",
+        ]
+    )
+    assert "running _shutdown_watcher()" not in result.stdout.str()
