@@ -353,3 +353,31 @@ def test_a_runner_module_imported_during_the_test_is_patched_from_then_on(monkey
     assert runner_module._cancel_all_tasks is cancel_all_tasks
     probe.phase_started("teardown")
     probe.phase_stopped("teardown")
+
+
+def test_the_plugin_names_files_without_calls_other_tools_guard():
+    """blockbuster makes ``os.path.abspath`` and ``os.getcwd`` raise while a loop runs. The
+    leak probe names files on the loop thread (which file a task was made in, and whether
+    a task's outermost frame is a runner's), so it must not call them there: on the MCP
+    SDK's suite that made the budget "not measured". Relative names are resolved against
+    the directory the process started in."""
+    import os
+    from unittest import mock
+
+    from pytest_asyncbudget import culprit
+
+    culprit.prepare()  # what the manager does at the end of collection, with no loop running
+    guarded = mock.Mock(side_effect=AssertionError("a guarded function was called"))
+    # Undone before pytest itself needs them again (it calls os.path.abspath too).
+    with mock.patch.object(os.path, "abspath", guarded), mock.patch.object(
+        os.path, "realpath", guarded
+    ), mock.patch.object(os, "getcwd", guarded):
+        prefixes = probes._infra_prefixes()
+        absolute = culprit.absolute_path("/a/b/../c.py")
+        relative = culprit.absolute_path("pkg/mod.py")
+        ours = culprit.is_user_file(os.path.join(os.path.dirname(culprit.__file__), "not_cached_yet.py"))
+    assert guarded.call_count == 0
+    assert any(prefix.rstrip(os.sep).endswith("pytest_asyncio") for prefix in prefixes)
+    assert absolute == "/a/c.py"
+    assert relative == os.path.join(culprit._START_DIR, "pkg", "mod.py")
+    assert ours is False

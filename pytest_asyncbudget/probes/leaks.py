@@ -234,6 +234,8 @@ _RUNNER_INDEX = _FIXED_OWNERS.index(_RUNNER_OWNER)
 _FIXED_OWNER_IDS = {owner: i for i, owner in enumerate(_FIXED_OWNERS)}
 
 
+_dirname = os.path.dirname  # bound at import, as in culprit.absolute_path
+
 #: Tasks a library starts on purpose to live exactly as long as their event loop, and that
 #: end when the runner cancels what is left at shutdown: never a test's leak, whoever
 #: called the library. (module of the coroutine, its qualified name.)
@@ -258,12 +260,14 @@ def _lives_with_its_loop(task: Any) -> bool:
 
 
 def _infra_prefixes() -> tuple[str, ...]:
-    prefixes = {os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep}
+    """The runners' and the plugin's directories. Made on the loop thread, mid-test, so
+    only with ``absolute_path`` (no function another tool may guard there)."""
+    prefixes = {_dirname(_dirname(absolute_path(__file__))) + os.sep}
     for module in ("pytest_asyncio", "anyio", "_pytest", "pytest", "pluggy"):
         mod = sys.modules.get(module)
         file = getattr(mod, "__file__", None)
         if file:
-            prefixes.add(os.path.dirname(os.path.abspath(file)) + os.sep)
+            prefixes.add(_dirname(absolute_path(file)) + os.sep)
     return tuple(sorted(prefixes))
 
 
