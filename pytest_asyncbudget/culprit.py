@@ -20,7 +20,16 @@ import sysconfig
 from dataclasses import dataclass
 from types import FrameType
 
-__all__ = ["Culprit", "RawFrame", "absolute_path", "culprit_from", "frames_from", "is_user_file", "prepare"]
+__all__ = [
+    "Culprit",
+    "RawFrame",
+    "absolute_path",
+    "culprit_from",
+    "frames_from",
+    "is_user_file",
+    "module_dirs",
+    "prepare",
+]
 
 #: One frame as ``(filename, lineno, function name)``.
 RawFrame = tuple[str, int, str]
@@ -34,6 +43,7 @@ _PLUGIN_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _isabs = os.path.isabs
 _join = os.path.join
 _normpath = os.path.normpath
+_dirname = os.path.dirname
 try:
     _START_DIR = os.getcwd()
 except OSError:  # pragma: no cover - the working directory was removed
@@ -57,12 +67,20 @@ def _library_prefixes() -> tuple[str, ...]:
         if path:
             prefixes.add(os.path.join(path, ""))
             prefixes.add(os.path.join(os.path.realpath(path), ""))
-    for module in ("pytest", "_pytest", "pluggy", "pytest_asyncio", "anyio", "uvloop"):
-        mod = sys.modules.get(module)
-        file = getattr(mod, "__file__", None)
-        if file:
-            prefixes.add(os.path.dirname(os.path.abspath(file)) + os.sep)
+    prefixes.update(module_dirs(("pytest", "_pytest", "pluggy", "pytest_asyncio", "anyio", "uvloop")))
     return tuple(sorted(prefixes))
+
+
+def module_dirs(names: tuple[str, ...]) -> set[str]:
+    """The directories (ending in a separator) of those of *names* that are imported.
+
+    Safe on the loop thread mid-test: only :func:`absolute_path`."""
+    dirs = set()
+    for name in names:
+        file = getattr(sys.modules.get(name), "__file__", None)
+        if file:
+            dirs.add(_dirname(absolute_path(file)) + os.sep)
+    return dirs
 
 
 _LIBRARY_PREFIXES: tuple[str, ...] | None = None

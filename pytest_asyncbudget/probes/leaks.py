@@ -90,7 +90,6 @@ import fnmatch
 import functools
 import gc
 import inspect
-import os
 import sys
 import threading
 import traceback
@@ -100,7 +99,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..culprit import RawFrame, _user_file_cache, absolute_path, is_user_file
+from ..culprit import _PLUGIN_DIR, RawFrame, _user_file_cache, absolute_path, is_user_file, module_dirs
 from .base import Probe, ProbeContext
 
 if TYPE_CHECKING:
@@ -234,8 +233,6 @@ _RUNNER_INDEX = _FIXED_OWNERS.index(_RUNNER_OWNER)
 _FIXED_OWNER_IDS = {owner: i for i, owner in enumerate(_FIXED_OWNERS)}
 
 
-_dirname = os.path.dirname  # bound at import, as in culprit.absolute_path
-
 #: Tasks a library starts on purpose to live exactly as long as their event loop, and that
 #: end when the runner cancels what is left at shutdown: never a test's leak, whoever
 #: called the library. (module of the coroutine, its qualified name.)
@@ -260,15 +257,8 @@ def _lives_with_its_loop(task: Any) -> bool:
 
 
 def _infra_prefixes() -> tuple[str, ...]:
-    """The runners' and the plugin's directories. Made on the loop thread, mid-test, so
-    only with ``absolute_path`` (no function another tool may guard there)."""
-    prefixes = {_dirname(_dirname(absolute_path(__file__))) + os.sep}
-    for module in ("pytest_asyncio", "anyio", "_pytest", "pytest", "pluggy"):
-        mod = sys.modules.get(module)
-        file = getattr(mod, "__file__", None)
-        if file:
-            prefixes.add(_dirname(absolute_path(file)) + os.sep)
-    return tuple(sorted(prefixes))
+    """The runners' and the plugin's directories (made on the loop thread, mid-test)."""
+    return tuple(sorted({_PLUGIN_DIR} | module_dirs(("pytest_asyncio", "anyio", "_pytest", "pytest", "pluggy"))))
 
 
 def _code_of(obj: object) -> Any:
