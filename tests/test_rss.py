@@ -638,6 +638,48 @@ def test_probe_sees_a_spike_between_phase_boundaries():
     assert probe.measurement("teardown") is None
 
 
+@needs_exact
+def test_the_mark_read_through_getrusage_agrees_with_proc_status():
+    """Past its first reading, the meter takes the mark from ``ru_maxrss``: the same
+    kernel counter as ``VmHWM``, so the two agree on a fresh spike (to a few pages)."""
+    meter = rss_probe.ClearRefsMeter()
+    try:
+        meter.start()
+        meter.peak(0, 0)  # the first reading also reads /proc/self/status
+        meter.start()
+        block = bytearray(48 * 2**20)
+        del block
+        peak, end, exact = meter.peak(0, 0)
+        hwm, rss = meter._hwm_and_rss()
+        assert exact and peak >= 48 * 2**20 and end < peak - 32 * 2**20
+        assert abs(peak - hwm) < 2**20 and abs(end - rss) < 2**20
+    finally:
+        meter.close()
+
+
+@needs_exact
+def test_a_getrusage_figure_the_reset_cannot_clear_is_never_taken_for_the_mark(monkeypatch):
+    """A process forked from a big one and exec'd keeps that process's peak in
+    ``ru_maxrss`` for life: ``max(that, mark)``, which no reset clears. While a reading
+    is not above the lowest so far, the meter must read the mark from /proc instead,
+    or every test would look as big as the parent."""
+    parent = 8 * 2**30  # the parent's peak, far above this process's
+
+    class Usage:
+        ru_maxrss = parent // 1024
+
+    monkeypatch.setattr(rss_probe, "_getrusage", lambda who: Usage)
+    meter = rss_probe.ClearRefsMeter()
+    try:
+        for _ in range(3):
+            baseline = meter.start()
+            peak, end, exact = meter.peak(baseline, 0)
+            hwm, _ = meter._hwm_and_rss()
+            assert exact and peak < parent and abs(peak - hwm) < 2**20
+    finally:
+        meter.close()
+
+
 def _measurement(baseline: int, peak: int, end: int, earlier: int | None, exact: bool = True, phase: str = "call"):
     return rss_probe.RssMeasurement(
         phase=phase, baseline=baseline, peak=peak, peak_phase=phase, earlier_peak=earlier,

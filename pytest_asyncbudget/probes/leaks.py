@@ -2,10 +2,15 @@
 
 What is watched, and how
 ------------------------
-Everything below is installed for one test phase at a time and undone when the phase
-ends (:meth:`LeakProbe.phase_stopped`, always called by the core, even when the test
-crashes). Each patch is undone only if it is still ours, so a user's own task factory or
-exception handler set during the test is never clobbered.
+The per-loop patches (task factory, exception handler) are installed for one test
+phase at a time and undone when the phase ends (:meth:`LeakProbe.phase_stopped`, always
+called by the core, even when the test crashes). The module-level ones (``gather``, the
+unawaited-coroutine hook, the runners' shutdown seam, a ``gc.callbacks`` entry) are put
+in place when setup starts and undone when teardown ends, or by
+:meth:`LeakProbe.test_finished` for a test that never got there; between phases, while
+pytest reports, they let everything through as if they were not there. Each patch is
+undone only if it is still ours, so a user's own task factory or exception handler set
+during the test is never clobbered.
 
 * **Task creation** - a task factory on every loop that starts running during the phase
   (``loop.set_task_factory``, chained to the loop's previous factory, so eager factories
@@ -22,7 +27,7 @@ exception handler set during the test is never clobbered.
   against ``asyncio.all_tasks()`` whenever the table has grown fourfold. Tasks that a
   runner creates to start a coroutine on a loop that is not running yet (pytest-asyncio's
   and anyio's ``run``) are not recorded at all.
-* **gather()** - ``asyncio.gather`` is wrapped for the phase (``_patch_gather``). With a
+* **gather()** - ``asyncio.gather`` is wrapped for the test (``_patch_gather``). With a
   budget it finds its caller's line once per call, and the factory gives that site to
   every task the caller's task makes until gather returns, instead of looking at the
   stack once per task. A large gather (8 awaitables or more) is recorded as a whole: its
@@ -42,7 +47,7 @@ exception handler set during the test is never clobbered.
   (its ``_log_traceback`` flag). Like asyncio itself, the probe cannot know about a failed
   task that something keeps alive beyond the test: its exception may yet be retrieved.
 * **Coroutines never awaited** - CPython calls ``warnings._warn_unawaited_coroutine(coro)``
-  when a coroutine that never ran is destroyed. For the phase that function is replaced
+  when a coroutine that never ran is destroyed. For the test that function is replaced
   by one that notes the coroutine and the stack at that moment, then issues the very same
   ``RuntimeWarning`` with the same ``stacklevel`` (so the warning still points at the
   user's line and warning filters behave as before). Refcounting destroys a dropped
@@ -55,7 +60,7 @@ exception handler set during the test is never clobbered.
 * **The leak check and the bounded cancel** - a loop that closes at the end of the test
   is closed by ``asyncio.Runner.close()`` (pytest-asyncio's function-scoped runner fixture,
   anyio's test runner), which calls ``asyncio.runners._cancel_all_tasks(loop)``: cancel
-  everything, then wait *without a bound* for all of it. For the phase, that module
+  everything, then wait *without a bound* for all of it. For the test, that module
   function is replaced by :meth:`LeakProbe._runner_closing`: check this test's tasks first
   (after every function-scoped fixture's teardown, since the runner fixture is torn down
   last), then cancel what is left and wait at most ``cancel_timeout``, reporting
@@ -554,6 +559,10 @@ class LeakProbe(Probe):
         self._infra: tuple[str, ...] | None = None
         # patches of the current phase
         self._loop_patches: dict[Any, tuple[Any, Any, Any, Any]] = {}
+        # patches of the whole test (see the module docstring), and whether they are in place
+        self._test_patched = False
+        #: True while a phase runs: the test-wide patches act only then.
+        self._in_phase = False
         self._warn_patch: Any = None
         self._warn_original: Any = None
         #: The wrappers made so far (see _made): made once per test, put in place and
@@ -588,10 +597,13 @@ class LeakProbe(Probe):
     # -- probe events ---------------------------------------------------------------
     def phase_started(self, phase: str) -> None:
         self._phase = phase
-        self._patch_warnings()
-        gc.callbacks.append(self._gc_event)
-        self._patch_runners()
-        self._patch_gather()
+        self._in_phase = True
+        if not self._test_patched:
+            self._test_patched = True
+            self._patch_warnings()
+            gc.callbacks.append(self._gc_event)
+            self._patch_gather()
+        self._patch_runners()  # a runner's module may have been imported since
         for loop in self._loops:  # loops of earlier phases: a fixture's finalizer may drop
             if not loop.is_closed():  # a failed task before the loop runs again
                 self._patch_loop(loop)
@@ -608,21 +620,31 @@ class LeakProbe(Probe):
             if phase == "teardown":
                 self._check_remaining_loops()
         finally:
+            self._in_phase = False
             self._record_bursts()
-            self._unpatch_runners()
-            self._unpatch_gather()
+            self._burst[:] = [_NO_BURST, None, None, None]
             self._unpatch_loops()
-            self._unpatch_warnings()
-            try:
-                gc.callbacks.remove(self._gc_event)
-            except ValueError:
-                pass
-            self._in_gc = False
             if phase == "teardown":
-                self._release()
+                self.test_finished()
         if self._error is not None:
             error, self._error = self._error, None
             raise RuntimeError(f"no_leaked_tasks probe failed earlier in this test:\n{error}")
+
+    def test_finished(self) -> None:
+        self._in_phase = False
+        if not self._test_patched:
+            return
+        self._test_patched = False
+        self._unpatch_loops()
+        self._unpatch_runners()
+        self._unpatch_gather()
+        self._unpatch_warnings()
+        try:
+            gc.callbacks.remove(self._gc_event)
+        except ValueError:
+            pass
+        self._in_gc = False
+        self._release()
 
     def _release(self) -> None:
         """The test is over: drop what only the check needed (the manager keeps probes
@@ -1016,7 +1038,7 @@ class LeakProbe(Probe):
 
     def _on_unawaited(self, coro: Any, frame: Any) -> None:
         try:
-            if self._in_gc or threading.get_ident() != self._thread or self._warn_patch is None:
+            if self._in_gc or not self._in_phase or threading.get_ident() != self._thread:
                 return  # may come from any earlier test, or another thread: not judged here
             dropped = _raw_frames(frame)
             origin = getattr(coro, "cr_origin", None)
@@ -1125,18 +1147,20 @@ class LeakProbe(Probe):
 
     # -- the runners' shutdown seam ---------------------------------------------------
     def _patch_runners(self) -> None:
-        if self._runner_module_list[0] != len(sys.modules):
-            self._runner_module_list = (len(sys.modules), _runner_modules())
+        if self._runner_module_list[0] == len(sys.modules):
+            return  # nothing imported since the last look: those found are patched
+        self._runner_module_list = (len(sys.modules), _runner_modules())
+        patched = [module for module, _, _ in self._runner_patches]
         for module in self._runner_module_list[1]:
             original = getattr(module, "_cancel_all_tasks", None)
-            if not callable(original):
+            if not callable(original) or module in patched:
                 continue
             patch = self._made(original, self._make_runner_patch)
             module._cancel_all_tasks = patch  # undone in _unpatch_runners
             self._runner_patches.append((module, original, patch))
 
     def _patch_gather(self) -> None:
-        """Put a wrapper on ``asyncio.gather`` for the phase.
+        """Put a wrapper on ``asyncio.gather`` for the test (it acts only while a phase runs).
 
         gather() makes one task per awaitable it is given, all from the same line and the
         same parent task, with nothing in between that could run other code. The
@@ -1170,7 +1194,6 @@ class LeakProbe(Probe):
         for module, original, wrapper in patches:
             if getattr(module, "gather", None) is wrapper:
                 module.gather = original
-        self._burst[:] = [_NO_BURST, None, None, None]
 
     def _make_gather(self, original: Callable[..., Any]) -> Callable[..., Any]:
         burst = self._burst
@@ -1179,7 +1202,7 @@ class LeakProbe(Probe):
         probe = self
 
         def gather(*coros_or_futures: Any, **kwargs: Any) -> Any:
-            if _get_ident() != thread:
+            if _get_ident() != thread or not probe._in_phase:
                 return original(*coros_or_futures, **kwargs)
             loop = _get_running_loop()
             parent = _current_task(loop) if loop is not None else None
@@ -1316,8 +1339,8 @@ class LeakProbe(Probe):
 
     def _runner_closing(self, loop: asyncio.AbstractEventLoop, original: Callable[[Any], None]) -> None:
         """A runner is about to close *loop*: check it, then cancel the rest with a bound."""
-        if threading.get_ident() != self._thread:
-            original(loop)  # asyncio.run() in a worker thread: none of this test's loops
+        if not self._in_phase or threading.get_ident() != self._thread:
+            original(loop)  # asyncio.run() in a worker thread, or between phases: not ours
             return
         try:
             self._check(loop)
