@@ -186,9 +186,6 @@ class ClearRefsMeter(Meter):
     method = "kernel high-water mark, reset when setup started"
 
     def __init__(self) -> None:
-        #: The lowest ``ru_maxrss`` read so far, in bytes: at least the figure the reset
-        #: cannot clear, so a reading above it is the high-water mark (see the module).
-        self._floor = sys.maxsize
         self._status = self._statm = self._clear = -1
         try:
             self._status = os.open("/proc/self/status", os.O_RDONLY)
@@ -200,6 +197,8 @@ class ClearRefsMeter(Meter):
         except OSError:
             self.close()
             raise
+        #: The lowest ``ru_maxrss`` read so far, in bytes: at least the figure the reset
+        #: cannot clear, so a reading above it is the high-water mark (see the module).
         self._floor = _getrusage(_RUSAGE_SELF).ru_maxrss * 1024
 
     def close(self) -> None:
@@ -213,14 +212,17 @@ class ClearRefsMeter(Meter):
         data = _pread(self._status, 8192, 0)
         return _status_field(data, b"VmHWM:"), _status_field(data, b"VmRSS:")
 
+    def _rss(self) -> int:
+        return int(_pread(self._statm, 256, 0).split()[1]) * _PAGE
+
     def start(self) -> int:
         _pwrite(self._clear, b"5", 0)  # reset the mark to the current RSS
-        return int(_pread(self._statm, 256, 0).split()[1]) * _PAGE
+        return self._rss()
 
     def peak(self, since_rss: int, mark: int) -> tuple[int, int, bool]:
         maxrss = _getrusage(_RUSAGE_SELF).ru_maxrss * 1024
         if maxrss > self._floor:  # above what the reset cannot clear: the mark itself
-            rss = int(_pread(self._statm, 256, 0).split()[1]) * _PAGE
+            rss = self._rss()
             return max(maxrss, since_rss, rss), rss, True
         self._floor = maxrss
         hwm, rss = self._hwm_and_rss()
