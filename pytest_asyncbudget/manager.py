@@ -68,6 +68,12 @@ class Manager:
         self.summary_size = terminal.summary_size(config)
         self.results = results_report.Results(config, self.gate, self.errors)
         self.measure_all = any(value is not None for value in self.defaults.values()) or self.results.report_on
+        #: Whether anything reads a finished test's entry and digests: the summary, the
+        #: report, JUnit properties, or the xdist controller. With the summary hidden and
+        #: none of the others, building them at every test would be wasted.
+        self.keep_entries = bool(
+            self.summary_size or self.results.report_on or self.results.junit or self.results.is_worker
+        )
 
     # -- collection: decide and validate every test's budgets before anything runs ----
     @pytest.hookimpl(trylast=True)
@@ -199,7 +205,7 @@ class Manager:
             record.outcome = "failed" if report.when == "call" or getattr(report, "asyncbudget_failed_test", False) else "error"
         elif report.skipped and report.when != "teardown":
             record.outcome = "skipped"
-        if report.when == "teardown":
+        if report.when == "teardown" and self.keep_entries:
             self._keep_digests(record)
             self.results.test_finished(item, report, record)  # the entry; JUnit properties, xdist
         return report

@@ -8,6 +8,7 @@ with hypothesis, without running pytest.
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -109,6 +110,35 @@ def test_size_zero_hides_the_section_but_not_the_failure(suite):
     result.assert_outcomes(failed=1, passed=4)
     result.stdout.fnmatch_lines(["*max_loop_lag exceeded*", "*culprit: test_suite.py:16 in test_over"])
     result.stdout.no_fnmatch_line("*= asyncbudget =*")
+
+
+_COUNT_ENTRIES = """
+def pytest_unconfigure(config):
+    manager = config.pluginmanager.get_plugin("asyncbudget-manager")
+    if manager is not None:
+        print(f"entries kept: {len(manager.results._entries)}")
+"""
+
+
+def test_size_zero_builds_no_entries_unless_the_report_or_junit_reads_them(suite, tmp_path):
+    """Nobody reads a test's entry when the summary is hidden and there is no report or
+    JUnit file: none is built (a per-test cost saved). With either, every test has one."""
+    suite.pytester.makeconftest(_COUNT_ENTRIES)
+    suite.write(source=RANKED)
+    hidden = suite.run("--asyncbudget-summary=0", "-s")
+    hidden.assert_outcomes(failed=1, passed=4)
+    hidden.stdout.fnmatch_lines(["*max_loop_lag exceeded*", "entries kept: 0"])
+    report = tmp_path / "report.json"
+    with_report = suite.run("--asyncbudget-summary=0", "-s", f"--asyncbudget-report={report}")
+    with_report.assert_outcomes(failed=1, passed=4)
+    with_report.stdout.fnmatch_lines(["entries kept: 4"])  # the four async tests
+    assert len(json.loads(report.read_text())["tests"]) == 4
+    junit = tmp_path / "junit.xml"
+    with_junit = suite.run("--asyncbudget-summary=0", "-s", f"--junitxml={junit}")
+    with_junit.stdout.fnmatch_lines(["entries kept: 4"])
+    assert junit.read_text().count('<property name="asyncbudget.max_loop_lag.verdict"') == 4
+    shown = suite.run("-s")
+    shown.stdout.fnmatch_lines(["*= asyncbudget =*", "entries kept: 4"])
 
 
 @pytest.mark.parametrize("bad", ["-1", "ten", "1.5"])
