@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import sys
+import types
 
 import pytest
 from hypothesis import example, given, settings
@@ -642,7 +643,7 @@ def test_probe_sees_a_spike_between_phase_boundaries():
 def test_the_mark_read_through_getrusage_agrees_with_proc_status():
     """Past its first reading, the meter takes the mark from ``ru_maxrss``: the same
     kernel counter as ``VmHWM``, so the two agree on a fresh spike (to a few pages)."""
-    meter = rss_probe.ClearRefsMeter()
+    meter = rss_probe.ClearRefsMeter(rusage=True)
     try:
         meter.start()
         meter.peak(0, 0)  # the first reading also reads /proc/self/status
@@ -669,7 +670,7 @@ def test_a_getrusage_figure_the_reset_cannot_clear_is_never_taken_for_the_mark(m
         ru_maxrss = parent // 1024
 
     monkeypatch.setattr(rss_probe, "_getrusage", lambda who: Usage)
-    meter = rss_probe.ClearRefsMeter()
+    meter = rss_probe.ClearRefsMeter(rusage=True)
     try:
         for _ in range(3):
             baseline = meter.start()
@@ -678,6 +679,49 @@ def test_a_getrusage_figure_the_reset_cannot_clear_is_never_taken_for_the_mark(m
             assert exact and peak < parent and abs(peak - hwm) < 2**20
     finally:
         meter.close()
+
+
+def _fake_getrusage(monkeypatch, figure):
+    """``getrusage`` whose ``ru_maxrss`` is ``figure(VmHWM now)``, in KiB as on Linux."""
+
+    def getrusage(who):
+        return types.SimpleNamespace(ru_maxrss=figure(rss_probe._linux_status()[0]) // 1024)
+
+    monkeypatch.setattr(rss_probe, "_getrusage", getrusage)
+
+
+@needs_exact
+def test_getrusage_is_trusted_only_where_it_follows_the_reset(monkeypatch):
+    """The once-per-process check: ``ru_maxrss`` must show the check's spike and come
+    down with the reset. A kernel or sandbox that keeps it its own way (never coming
+    down), or a figure from before exec above the spike, means /proc/self/status only:
+    otherwise one big test would make every later one look as big."""
+    _fake_getrusage(monkeypatch, lambda hwm: hwm)  # the same counter, as on Linux
+    assert rss_probe.ClearRefsMeter.check() == (True, True)
+
+    seen = [0]
+
+    def never_down(hwm):
+        seen[0] = max(seen[0], hwm)
+        return seen[0]
+
+    _fake_getrusage(monkeypatch, never_down)
+    assert rss_probe.ClearRefsMeter.check() == (True, False)
+    _fake_getrusage(monkeypatch, lambda hwm: max(hwm, 8 * 2**30))  # a big parent's peak
+    assert rss_probe.ClearRefsMeter.check() == (True, False)
+
+    monkeypatch.setattr(rss_probe, "_METER", None)  # the meter this process would choose now
+    chosen = rss_probe.meter()
+    try:
+        assert isinstance(chosen, rss_probe.ClearRefsMeter) and chosen._floor == sys.maxsize
+        baseline = chosen.start()
+        block = bytearray(48 * 2**20)
+        del block
+        chosen.start()  # the mark comes down; the big parent's figure does not
+        peak, _, exact = chosen.peak(baseline, 0)
+        assert exact and peak < baseline + 16 * 2**20
+    finally:
+        chosen.close()
 
 
 def _measurement(baseline: int, peak: int, end: int, earlier: int | None, exact: bool = True, phase: str = "call"):

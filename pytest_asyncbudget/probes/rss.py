@@ -27,7 +27,8 @@ not clear, kept from the process image before ``exec`` (say, the big process tha
 this one). That figure never changes afterwards, and every reading is at least it, so a
 reading above the lowest one so far is the mark itself. A reading that is not (the
 process was never bigger than that figure, or shrank back to it) is checked against
-``/proc/self/status``.
+``/proc/self/status``. And ``getrusage`` is used at all only where the check below saw
+its figure rise with a spike and come down with the reset.
 
 The only trace this leaves is the one it must: after a test, the process's ``VmHWM``
 (and ``ru_maxrss``, which reads it) count from that test's start instead of from process
@@ -35,7 +36,8 @@ start. That cannot be put back, and the docs say so.
 
 Before trusting the reset, the first test of each process checks that it really works
 (a container may forbid the write or silently ignore it): it maps and touches 2 MiB,
-unmaps it, resets, and checks that the mark came down. If it did not, the fallback below
+unmaps it, resets, and checks that the mark came down (and whether ``ru_maxrss`` came
+down with it: :meth:`ClearRefsMeter.check`). If it did not, the fallback below
 is used: a reset that does nothing would make every test look as big as the process's
 worst moment, and that must never fail a test.
 
@@ -169,6 +171,11 @@ def _linux_status() -> tuple[int, int]:
     return _status_field(data, b"VmHWM:"), _status_field(data, b"VmRSS:")
 
 
+def _maxrss() -> int:
+    """``getrusage``'s peak RSS of this process, in bytes (Linux counts it in KiB)."""
+    return _getrusage(_RUSAGE_SELF).ru_maxrss * 1024
+
+
 def _linux_rss() -> int:
     return int(_read("/proc/self/statm", 256).split()[1]) * _PAGE
 
@@ -185,21 +192,26 @@ class ClearRefsMeter(Meter):
 
     method = "kernel high-water mark, reset when setup started"
 
-    def __init__(self) -> None:
+    def __init__(self, rusage: bool = False) -> None:
+        """*rusage*: read the mark through ``getrusage`` (only where :meth:`check` found
+        that its figure follows the reset here); else always from ``/proc/self/status``."""
         self._status = self._statm = self._clear = -1
+        #: The lowest ``ru_maxrss`` read so far, in bytes: at least the figure the reset
+        #: cannot clear, so a reading above it is the high-water mark (see the module).
+        #: ``sys.maxsize``: no reading is ever taken for the mark.
+        self._floor = sys.maxsize
         try:
             self._status = os.open("/proc/self/status", os.O_RDONLY)
             self._statm = os.open("/proc/self/statm", os.O_RDONLY)
             self._clear = os.open("/proc/self/clear_refs", os.O_WRONLY)
-            # The first reading, just after a reset, while the process is as small as it
-            # will be: later readings are above it (so, fast) once the process has grown.
-            self.start()
+            if rusage:
+                # The first reading, just after a reset, while the process is as small as
+                # it will be: later readings are above it (so, fast) once it has grown.
+                self.start()
+                self._floor = _maxrss()
         except OSError:
             self.close()
             raise
-        #: The lowest ``ru_maxrss`` read so far, in bytes: at least the figure the reset
-        #: cannot clear, so a reading above it is the high-water mark (see the module).
-        self._floor = _getrusage(_RUSAGE_SELF).ru_maxrss * 1024
 
     def close(self) -> None:
         for fd in (self._status, self._statm, self._clear):
@@ -220,7 +232,7 @@ class ClearRefsMeter(Meter):
         return self._rss()
 
     def peak(self, since_rss: int, mark: int) -> tuple[int, int, bool]:
-        maxrss = _getrusage(_RUSAGE_SELF).ru_maxrss * 1024
+        maxrss = _maxrss()
         if maxrss > self._floor:  # above what the reset cannot clear: the mark itself
             rss = self._rss()
             return max(maxrss, since_rss, rss), rss, True
@@ -230,13 +242,28 @@ class ClearRefsMeter(Meter):
 
     @staticmethod
     def works() -> bool:
-        """True when clear_refs really resets the mark here (checked once per process)."""
+        """True when clear_refs really resets the mark here."""
+        return ClearRefsMeter.check()[0]
+
+    @staticmethod
+    def check() -> tuple[bool, bool]:
+        """Checked once per process: does clear_refs really reset the mark here, and does
+        ``getrusage``'s ``ru_maxrss`` show a spike and then come down with the reset?
+
+        The second can fail for two reasons. One is a figure that no reset clears, above
+        the spike: a process exec'd from a big one, whose peak it keeps. The other is a
+        kernel (or a sandbox such as gVisor) that keeps ``ru_maxrss`` its own way. Either
+        way the mark is then read from ``/proc/self/status`` only: a stale figure taken
+        for the mark would make every later test look as big as the worst one.
+        """
         try:
             meter = ClearRefsMeter()
         except OSError:
-            return False
+            return False, False
         try:
+            meter.start()
             meter._hwm_and_rss()
+            low = _maxrss()
             populate = getattr(mmap, "MAP_POPULATE", 0)
             if populate:  # resident at once: half the time of touching each page
                 flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | populate
@@ -248,15 +275,19 @@ class ClearRefsMeter(Meter):
                     for offset in range(0, _CHECK_SIZE, _PAGE):
                         block[offset] = 1  # touch every page so it is resident
                 hwm_high, _ = meter._hwm_and_rss()
+                high = _maxrss()
             finally:
                 block.close()  # unmapped: RSS drops by _CHECK_SIZE, the mark does not
             meter.start()
             hwm_after, rss_after = meter._hwm_and_rss()
+            after = _maxrss()
         except (OSError, ValueError):
-            return False
+            return False, False
         finally:
             meter.close()
-        return hwm_after <= hwm_high - _CHECK_SIZE // 2 and hwm_after - rss_after < _CHECK_SIZE // 2
+        half = _CHECK_SIZE // 2
+        resets = hwm_after <= hwm_high - half and hwm_after - rss_after < half
+        return resets, resets and high >= low + half and after <= high - half
 
 
 class _Sampler:
@@ -380,10 +411,8 @@ def meter() -> Meter:
         current = _METER
         if current is None or current[0] != os.getpid():
             chosen: Meter
-            if sys.platform.startswith("linux") and ClearRefsMeter.works():
-                chosen = ClearRefsMeter()
-            else:
-                chosen = FallbackMeter()
+            resets, rusage = ClearRefsMeter.check() if sys.platform.startswith("linux") else (False, False)
+            chosen = ClearRefsMeter(rusage=rusage) if resets else FallbackMeter()
             current = _METER = (os.getpid(), chosen)
     return current[1]
 
