@@ -565,9 +565,6 @@ class LeakProbe(Probe):
         self._in_phase = False
         self._warn_patch: Any = None
         self._warn_original: Any = None
-        #: The wrappers made so far (see _made): made once per test, put in place and
-        #: taken off again in every phase.
-        self._made_wrappers: dict[tuple[str, int], tuple[Any, Any]] = {}
         #: _runner_modules(), and len(sys.modules) when it was asked (a runner's module,
         #: anyio's say, may be imported by the test's own setup).
         self._runner_module_list: tuple[int, list[Any]] = (-1, [])
@@ -658,7 +655,6 @@ class LeakProbe(Probe):
         self._neutralized.clear()
         self._owners_by_code = None
         self._codes_alive.clear()
-        self._made_wrappers.clear()  # they refer to the probe: no cycle left to collect
 
     def measurement(self, phase: str) -> LeakMeasurement | None:
         if phase != "teardown":
@@ -982,24 +978,12 @@ class LeakProbe(Probe):
     def _gc_event(self, phase: str, info: dict[str, Any]) -> None:
         self._in_gc = phase == "start"
 
-    def _made(self, original: Any, make: Callable[[Any], Any]) -> Any:
-        """The wrapper *make* made of *original* earlier in this test, else a new one.
-
-        Wrappers read the phase from the probe, so one serves every phase; they refer to
-        the probe, so _release drops them (no reference cycle outlives the test).
-        """
-        key = (make.__name__, id(original))
-        made = self._made_wrappers.get(key)
-        if made is None or made[0] is not original:
-            made = self._made_wrappers[key] = (original, make(original))
-        return made[1]
-
     def _patch_warnings(self) -> None:
         original = getattr(warnings, "_warn_unawaited_coroutine", None)
         if original is None:
             return
         self._warn_original = original
-        self._warn_patch = self._made(original, self._make_warn)
+        self._warn_patch = self._make_warn(original)
         warnings._warn_unawaited_coroutine = self._warn_patch  # type: ignore[attr-defined]  # undone in _unpatch_warnings
 
     def _make_warn(self, original: Callable[[Any], None]) -> Callable[[Any], None]:
@@ -1155,7 +1139,7 @@ class LeakProbe(Probe):
             original = getattr(module, "_cancel_all_tasks", None)
             if not callable(original) or module in patched:
                 continue
-            patch = self._made(original, self._make_runner_patch)
+            patch = self._make_runner_patch(original)
             module._cancel_all_tasks = patch  # undone in _unpatch_runners
             self._runner_patches.append((module, original, patch))
 
@@ -1184,7 +1168,7 @@ class LeakProbe(Probe):
         original = getattr(asyncio, "gather", None)
         if not callable(original) or getattr(asyncio.tasks, "gather", None) is not original:
             return  # replaced by someone else: leave it to them
-        wrapper = self._made(original, self._make_gather)
+        wrapper = self._make_gather(original)
         for module in (asyncio, asyncio.tasks):
             module.gather = wrapper  # type: ignore[attr-defined]  # undone in _unpatch_gather
             self._gather_patches.append((module, original, wrapper))
