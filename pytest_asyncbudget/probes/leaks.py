@@ -565,11 +565,11 @@ class LeakProbe(Probe):
         self._in_phase = False
         self._warn_patch: Any = None
         self._warn_original: Any = None
-        #: _runner_modules(), and len(sys.modules) when it was asked (a runner's module,
-        #: anyio's say, may be imported by the test's own setup).
-        self._runner_module_list: tuple[int, list[Any]] = (-1, [])
+        #: len(sys.modules) when the runners' modules were last looked for (a runner's
+        #: module, anyio's say, may be imported by the test's own setup).
+        self._runner_modules_seen = -1
         self._runner_patches: list[tuple[Any, Any, Any]] = []
-        #: (module, original, wrapper) of asyncio.gather, for the phase (see _patch_gather).
+        #: (module, original, wrapper) of asyncio.gather, for the test (see _patch_gather).
         self._gather_patches: list[tuple[Any, Any, Any]] = []
         #: [parent task, creation site, list of the tasks made, loop] while a gather() of
         #: the test's thread makes its tasks, else [_NO_BURST, None, None, None]; shared by
@@ -1131,11 +1131,11 @@ class LeakProbe(Probe):
 
     # -- the runners' shutdown seam ---------------------------------------------------
     def _patch_runners(self) -> None:
-        if self._runner_module_list[0] == len(sys.modules):
+        if self._runner_modules_seen == len(sys.modules):
             return  # nothing imported since the last look: those found are patched
-        self._runner_module_list = (len(sys.modules), _runner_modules())
+        self._runner_modules_seen = len(sys.modules)
         patched = [module for module, _, _ in self._runner_patches]
-        for module in self._runner_module_list[1]:
+        for module in _runner_modules():
             original = getattr(module, "_cancel_all_tasks", None)
             if not callable(original) or module in patched:
                 continue

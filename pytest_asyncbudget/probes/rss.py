@@ -241,11 +241,6 @@ class ClearRefsMeter(Meter):
         return max(hwm, since_rss, rss), rss, True
 
     @staticmethod
-    def works() -> bool:
-        """True when clear_refs really resets the mark here."""
-        return ClearRefsMeter.check()[0]
-
-    @staticmethod
     def check() -> tuple[bool, bool]:
         """Checked once per process: does clear_refs really reset the mark here, and does
         ``getrusage``'s ``ru_maxrss`` show a spike and then come down with the reset?
