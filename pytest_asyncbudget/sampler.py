@@ -26,7 +26,7 @@ Python until the call returns. But CPython checks for a waiting thread right aft
 function returns, inside the very ``CALL`` instruction, so the watchdog gets the GIL
 while the loop thread's frame still points at the line that made the call. The watchdog
 therefore samples as soon as it holds the GIL again, both after its nap and after being
-woken, and that names the right line. This was checked on CPython 3.10 to 3.13.
+woken, and that names the right line. This was checked on CPython 3.10 to 3.14.
 
 A thread that merely exists costs the loop thread, on Linux: while two threads share one
 table of file descriptors, the kernel takes and drops a reference on the file in every

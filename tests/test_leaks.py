@@ -995,6 +995,9 @@ def test_user_task_factory_and_exception_handler_still_work_and_are_restored(sui
 
         CREATED = []
         CONTEXTS = []
+        # The stdlib's, taken at import (before any test phase). On 3.14 it is defined in
+        # _py_warnings, so its __module__ cannot tell it from a wrapper.
+        WARN_UNAWAITED = warnings._warn_unawaited_coroutine
 
         def factory(loop, coro, **kwargs):
             CREATED.append(coro.__qualname__)
@@ -1035,7 +1038,7 @@ def test_user_task_factory_and_exception_handler_still_work_and_are_restored(sui
             LOOP.append(asyncio.get_running_loop())
 
         def test_everything_was_restored():
-            assert warnings._warn_unawaited_coroutine.__module__ == "warnings"
+            assert warnings._warn_unawaited_coroutine is WARN_UNAWAITED
             assert asyncio.runners._cancel_all_tasks.__module__ == "asyncio.runners"
             assert LOOP[0].get_task_factory() is None
             assert LOOP[0].get_exception_handler() is None

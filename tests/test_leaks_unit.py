@@ -185,6 +185,7 @@ def test_probe_bounds_the_wait_for_a_task_that_ignores_cancel(loop_factory):
 
 def test_probe_error_is_reported_and_patches_are_still_undone(monkeypatch):
     loop = asyncio.new_event_loop()
+    warn_unawaited = warnings._warn_unawaited_coroutine  # "_py_warnings"'s on 3.14
     probe = probes.LeakProbe(probes.LeakSettings(), _context())
     monkeypatch.setattr(probe, "_check_remaining_loops", lambda: 1 / 0)
     try:
@@ -194,7 +195,7 @@ def test_probe_error_is_reported_and_patches_are_still_undone(monkeypatch):
         with pytest.raises(ZeroDivisionError):
             probe.phase_stopped("teardown")
         assert loop.get_task_factory() is None and loop.get_exception_handler() is None
-        assert warnings._warn_unawaited_coroutine.__module__ == "warnings"
+        assert warnings._warn_unawaited_coroutine is warn_unawaited
         assert asyncio.runners._cancel_all_tasks.__module__ == "asyncio.runners"
         assert probe._gc_event not in gc.callbacks
     finally:

@@ -55,7 +55,7 @@ collection time inside it taken out; what was taken out is kept (``LagEvent.gc``
 loop thread like any other call and still counts. The two are told apart when the
 collection starts: an automatic one runs because the youngest generation's count went
 past its threshold, which an explicit call does not need (checked on CPython 3.10 to
-3.13).
+3.14).
 
 Naming the culprit
 ------------------
