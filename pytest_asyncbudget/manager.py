@@ -67,7 +67,9 @@ class Manager:
         self.gate = gating.Gate.from_config(config)
         self.summary_size = terminal.summary_size(config)
         self.results = results_report.Results(config, self.gate, self.errors)
-        self.measure_all = any(value is not None for value in self.defaults.values()) or self.results.report_on
+        self.measure_all = budgets.measure_all(
+            config, anything_on=any(value is not None for value in self.defaults.values()) or self.results.report_on
+        )
         #: Whether anything reads a finished test's entry and digests: the summary, the
         #: report, JUnit properties, or the xdist controller. With the summary hidden and
         #: none of the others, building them at every test would be wasted.

@@ -23,6 +23,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("asyncbudget", "performance budgets for async tests (pytest-asyncbudget)")
     for module in budgets.MODULES:
         module.add_options(group, parser)
+    budgets.add_options(group, parser)  # --asyncbudget-measure
     for options in (terminal.add_options, report.add_options, gating.add_options):  # issue 7
         options(group, parser)
     loops.add_options(group, parser)

@@ -18,12 +18,27 @@ import pytest
 from ..units import UnitError
 from . import blocking, lag, leaks, rss
 
-__all__ = ["BY_NAME", "MODULES", "Plan", "budget_error", "call_marker", "defaults", "plan_for"]
+__all__ = [
+    "BY_NAME",
+    "MEASURE_CHOICES",
+    "MODULES",
+    "Plan",
+    "add_options",
+    "budget_error",
+    "call_marker",
+    "defaults",
+    "measure_all",
+    "measure_choice",
+    "plan_for",
+]
 
 #: Every budget module, in the order their verdicts are shown.
 MODULES: tuple[ModuleType, ...] = (lag, blocking, rss, leaks)
 #: Budget name -> its module.
 BY_NAME: dict[str, ModuleType] = {module.NAME: module for module in MODULES}
+#: ``--asyncbudget-measure``: every budget for every async test once a default or the
+#: report is on (the default), or only the budgets each test has.
+MEASURE_CHOICES = ("all", "budgeted")
 
 
 @dataclass
@@ -66,6 +81,38 @@ def call_marker(module: ModuleType, args: tuple[Any, ...], kwargs: dict[str, Any
 def defaults(config: pytest.Config) -> dict[str, Any]:
     """Each budget's session-wide default from ini/CLI (None when unset)."""
     return {module.NAME: module.default(config) for module in MODULES}
+
+
+def add_options(group: pytest.OptionGroup, parser: pytest.Parser) -> None:
+    group.addoption(
+        "--asyncbudget-measure",
+        dest="asyncbudget_measure",
+        choices=MEASURE_CHOICES,
+        default=None,
+        help="all (default): once a default budget or the report is on, measure every budget "
+        "for every async test, for the summary and report; budgeted: measure only the "
+        "budgets each test has, which costs only what those budgets cost",
+    )
+    parser.addini("asyncbudget_measure", "all (default) or budgeted; see --asyncbudget-measure", default="")
+
+
+def measure_choice(config: pytest.Config) -> str:
+    """``--asyncbudget-measure`` or its ini option: "all" or "budgeted" (a usage error else)."""
+    value, where = config.getoption("asyncbudget_measure", None), "--asyncbudget-measure"
+    if value is None:
+        value, where = config.getini("asyncbudget_measure"), "asyncbudget_measure"
+    choice = str(value).strip().lower() or "all"
+    if choice not in MEASURE_CHOICES:
+        raise pytest.UsageError(f"{where}={value!r}: expected one of {', '.join(MEASURE_CHOICES)}")
+    return choice
+
+
+def measure_all(config: pytest.Config, *, anything_on: bool) -> bool:
+    """Whether tests are measured for budgets they do not have.
+
+    *anything_on*: a default budget or the report is on. The option is checked either way.
+    """
+    return measure_choice(config) == "all" and anything_on
 
 
 def plan_for(

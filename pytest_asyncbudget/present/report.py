@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from ..budgets import measure_choice
 from ..budgets.base import Verdict
 from ..culprit import Culprit
 from ..units import format_duration, format_size
@@ -500,6 +501,7 @@ def build_report(
             "baseline": gate.baseline_path,
             "baseline_tolerance": gate.tolerance,
             "defaults": {name: to_data(value) for name, value in defaults.items()},
+            "measure": measure_choice(config),
         },
         "exitstatus": int(exitstatus) if exitstatus is not None else None,
         "outcomes": _outcome_counts(config),
