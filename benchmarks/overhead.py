@@ -32,6 +32,7 @@ Usage::
     /work/venv/bin/python benchmarks/overhead.py --rounds 15 --loops asyncio,uvloop --json out.json
     /work/venv/bin/python benchmarks/overhead.py --durations      # per-test durations, to tune sizes
     /work/venv/bin/python benchmarks/overhead.py --per-budget     # also each budget alone
+    /work/venv/bin/python benchmarks/overhead.py --lag-default --lag-budgeted  # issue 2's configurations
     /work/venv/bin/python benchmarks/overhead.py --profile        # cProfile one plugin run per loop
 """
 
@@ -519,6 +520,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lag-default", action="store_true",
                     help="also run the plugin with only --asyncbudget-max-loop-lag=10s set (issue 2's bar: the "
                     "other budgets are then measured for the summary, without budgets)")
+    ap.add_argument("--lag-budgeted", action="store_true",
+                    help="also run the plugin with only --asyncbudget-max-loop-lag=10s and "
+                    "--asyncbudget-measure=budgeted (only the lag budget is measured)")
     ap.add_argument("--durations", action="store_true", help="print per-test durations once and exit")
     ap.add_argument("--profile", action="store_true", help="cProfile one plugin session per loop and exit")
     ap.add_argument("--keep", action="store_true", help="keep the generated suite and print where it is")
@@ -581,6 +585,11 @@ def main(argv: list[str] | None = None) -> int:
         if ns.lag_default:
             configs["lag default only"] = (common + ["--asyncbudget-max-loop-lag=10s"], {})
             print("also running the plugin with only a max_loop_lag default (the rest measured, no budgets)")
+        if ns.lag_budgeted:
+            configs["lag default, budgeted"] = (
+                common + ["--asyncbudget-max-loop-lag=10s", "--asyncbudget-measure=budgeted"], {}
+            )
+            print("also running the plugin with only a max_loop_lag default, measuring only that budget")
         if ns.per_budget:
             only = sorted({b for p in planned.values() for b in p})
             for b in only:
