@@ -43,32 +43,37 @@ def test_write_down():
 """
 
 
-def _run(suite, tmp_path, monkeypatch, *args):
+def _run(suite, tmp_path, monkeypatch, *args, report=True):
+    """Run SOURCE; the result, what its tests saw, and the report (None without one)."""
     seen = tmp_path / "seen.json"
-    report = tmp_path / "report.json"
+    path = tmp_path / "report.json"
     monkeypatch.setenv("SEEN_FILE", str(seen))
-    result = suite.run(f"--asyncbudget-report={report}", *args)
-    document = json.loads(report.read_text())
-    tests = {t["id"].split("::")[1]: t for t in document["tests"]}
-    tests["settings"] = document["settings"]
-    return result, json.loads(seen.read_text()), tests
+    result = suite.run(*((f"--asyncbudget-report={path}",) if report else ()), *args)
+    return result, json.loads(seen.read_text()), json.loads(path.read_text()) if report else None
+
+
+def _budgets(document, name):
+    return next(t["budgets"] for t in document["tests"] if t["id"].endswith(f"::{name}"))
 
 
 def test_by_default_a_lag_default_measures_every_budget(suite, tmp_path, monkeypatch):
     suite.ini(extra="asyncbudget_max_loop_lag = 10s\n")
     suite.write(source=SOURCE)
-    result, seen, tests = _run(suite, tmp_path, monkeypatch)
+    # No report here: the report alone would also switch every budget on.
+    result, seen, _ = _run(suite, tmp_path, monkeypatch, report=False)
     # The unmarked test's leaked task and sleep are measured, never judged...
     result.assert_outcomes(passed=3)
-    assert tests["settings"]["measure"] == "all"
     assert seen == {"sleep patched": True, "gather patched": True, "marked sleep patched": True}
-    unmarked = tests["test_unmarked"]["budgets"]
+    # ...and the summary lists every budget.
+    result.stdout.fnmatch_lines(["*= asyncbudget =*", "max_loop_lag: *", "no_blocking: *", "max_rss: *", "no_leaked_tasks: *"])
+
+    result, seen, document = _run(suite, tmp_path, monkeypatch)
+    assert document["settings"]["measure"] == "all"
+    unmarked = _budgets(document, "test_unmarked")
     assert set(unmarked) == {"max_loop_lag", "no_blocking", "no_leaked_tasks", "max_rss"}
     assert unmarked["max_loop_lag"]["verdict"] == "passed"
     assert unmarked["no_blocking"]["verdict"] == "measured" and unmarked["no_blocking"]["measured"] >= 0.001
     assert unmarked["no_leaked_tasks"]["verdict"] == "measured" and unmarked["no_leaked_tasks"]["measured"] == 1
-    # ...and the summary lists every budget.
-    result.stdout.fnmatch_lines(["*= asyncbudget =*", "max_loop_lag: *", "no_blocking: *", "max_rss: *", "no_leaked_tasks: *"])
 
 
 @pytest.mark.parametrize("how", ["cli", "ini"])
@@ -77,14 +82,15 @@ def test_budgeted_measures_only_the_budgets_each_test_has(suite, tmp_path, monke
     suite.ini(extra=extra)
     suite.write(source=SOURCE)
     args = ("--asyncbudget-measure=budgeted",) if how == "cli" else ()
-    result, seen, tests = _run(suite, tmp_path, monkeypatch, *args)
+    # The report is on too, which would otherwise switch every budget on as well.
+    result, seen, document = _run(suite, tmp_path, monkeypatch, *args)
     result.assert_outcomes(passed=3)
-    assert tests["settings"]["measure"] == "budgeted"
+    assert document["settings"]["measure"] == "budgeted"
     # Nothing of the budgets the unmarked test lacks was in place while it ran.
     assert seen == {"sleep patched": False, "gather patched": False, "marked sleep patched": True}
-    assert set(tests["test_unmarked"]["budgets"]) == {"max_loop_lag"}
-    assert tests["test_unmarked"]["budgets"]["max_loop_lag"]["verdict"] == "passed"
-    marked = tests["test_marked_no_blocking"]["budgets"]
+    unmarked = _budgets(document, "test_unmarked")
+    assert set(unmarked) == {"max_loop_lag"} and unmarked["max_loop_lag"]["verdict"] == "passed"
+    marked = _budgets(document, "test_marked_no_blocking")
     assert set(marked) == {"max_loop_lag", "no_blocking"} and marked["no_blocking"]["verdict"] == "passed"
     # The summary lists only the budgets that were measured.
     section = result.stdout.str().split("= asyncbudget =")[1]
